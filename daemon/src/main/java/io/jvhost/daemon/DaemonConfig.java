@@ -1,0 +1,69 @@
+package io.jvhost.daemon;
+
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * A parsed and cross-checked command line (see {@link Options#parse}). Everything here has been validated except
+ * what only the block layer knows (driver-specific --blockdev options) and what only the system knows (files,
+ * sockets, inherited fds).
+ */
+public record DaemonConfig(
+        Action action,
+        List<Map<String, String>> blockdevs,    // in command-line order, flat dotted keys, "driver" included
+        List<IothreadSpec> iothreads,
+        List<ExportSpec> exports,
+        Path pidfile,                            // null: none
+        DemoSpec demo) {                         // null: not --demo
+
+    public DaemonConfig {
+        blockdevs = List.copyOf(blockdevs);
+        iothreads = List.copyOf(iothreads);
+        exports = List.copyOf(exports);
+    }
+
+    public enum Action { RUN, HELP, VERSION }
+
+    static DaemonConfig of(Action action) {
+        return new DaemonConfig(action, List.of(), List.of(), List.of(), null, null);
+    }
+
+    /** {@code --object iothread,id=ID[,poll-max-ns=N]}: the polling knobs are accepted for compatibility only. */
+    public record IothreadSpec(String id) {}
+
+    /** {@code --export type=vhost-user-blk,...}. */
+    public record ExportSpec(
+            String id,
+            String nodeName,
+            String socketPath,          // null when listenFd >= 0
+            int listenFd,               // -1 unless addr.type=fd
+            int numQueues,
+            int logicalBlockSize,
+            boolean writable,
+            String serial,              // null: the device's default
+            List<String> iothreads) {   // empty: each queue gets its own new iothread
+
+        public ExportSpec {
+            iothreads = List.copyOf(iothreads);
+        }
+
+        /** The --object iothread serving queue {@code q}, or null when the queue gets its own iothread. */
+        public String iothreadOf(int q) {
+            return iothreads.isEmpty() ? null : iothreads.get(q % iothreads.size());
+        }
+
+        /** Name of the iothread created for queue {@code q} when no iothread option was given. */
+        public String ownIothreadName(int q) {
+            return id + "-vq" + q;
+        }
+
+        /** Where the export listens, for messages. */
+        public String address() {
+            return socketPath != null ? socketPath : "fd " + listenFd;
+        }
+    }
+
+    /** {@code --demo [DIR]}: the image to create if absent and where the demo export listens. */
+    public record DemoSpec(Path image, long imageSize, String socketPath, int numQueues) {}
+}

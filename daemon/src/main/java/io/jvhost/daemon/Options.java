@@ -1,0 +1,466 @@
+package io.jvhost.daemon;
+
+import io.jvhost.daemon.DaemonConfig.Action;
+import io.jvhost.daemon.DaemonConfig.DemoSpec;
+import io.jvhost.daemon.DaemonConfig.ExportSpec;
+import io.jvhost.daemon.DaemonConfig.IothreadSpec;
+
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * The command line, parsed like qemu-storage-daemon's for the options the two share: {@code --opt value} and
+ * {@code --opt=value}, keyval arguments, and the first {@code --help}/{@code --version} wins over later arguments
+ * (errors in earlier ones still count, as with getopt).
+ */
+public final class Options {
+    public static final int MAX_QUEUES = 64;
+    public static final int MIN_BLOCK_SIZE = 512;
+    public static final int MAX_BLOCK_SIZE = 64 << 10;     // QEMU allows 2M; the device (BlkExportConfig) 64k
+    public static final int MAX_SERIAL_BYTES = 20;         // VIRTIO_BLK_ID_BYTES
+    public static final int MAX_SOCKET_PATH_BYTES = 107;   // sun_path minus the NUL
+    public static final long DEMO_IMAGE_SIZE = 1L << 30;
+    public static final String DEMO_IMAGE_NAME = "jvhost-demo.img";
+    public static final String DEMO_SOCKET_NAME = "jvhost-demo.sock";
+    public static final String DEMO_DEFAULT_SOCKET = "/tmp/" + DEMO_SOCKET_NAME;
+    public static final int DEMO_QUEUES = 2;
+
+    private Options() {}
+
+    public static String usage() {
+        return String.join("\n",
+                "Usage: jvhost [options]",
+                "jvhost: a vhost-user-blk back-end in Java. The options are those of qemu-storage-daemon(1) that",
+                "jvhost supports; a qemu-storage-daemon command line limited to them works unchanged.",
+                "",
+                "  -h, --help             display this help and exit",
+                "  -V, --version          output version information and exit",
+                "",
+                "  --blockdev [driver=]file,node-name=<node>,filename=<path>[,read-only=on|off]",
+                "             [,cache.direct=on|off][,aio=threads][,locking=auto|on|off]",
+                "                         open a raw image file (or block device) as block node <node>",
+                "  --blockdev [driver=]null-co,node-name=<node>,size=<bytes>[,read-zeroes=on|off]",
+                "             [,latency-ns=<ns>][,read-only=on|off]",
+                "                         create a block node that discards writes (and reads zeroes",
+                "                         with read-zeroes=on); sizes take suffixes k, M, G, T",
+                "",
+                "  --object iothread,id=<id>[,poll-max-ns=<ns>]",
+                "                         create an iothread (an event loop thread) for exports to use;",
+                "                         poll-max-ns, poll-grow, poll-shrink and aio-max-batch are",
+                "                         accepted for compatibility and ignored",
+                "",
+                "  --export [type=]vhost-user-blk,id=<id>,node-name=<node>,",
+                "           addr.type=unix,addr.path=<socket-path>[,<export options>]",
+                "                         export block node <node> as a vhost-user-blk device on a UNIX",
+                "                         domain socket (created with mode 0600, a stale file is replaced)",
+                "  --export [type=]vhost-user-blk,id=<id>,node-name=<node>,",
+                "           addr.type=fd,addr.str=<fd>[,<export options>]",
+                "                         the same on an inherited, already listening socket <fd>",
+                "         export options:",
+                "           writable=on|off        let the guest write (default: off)",
+                "           num-queues=<n>         number of virtqueues, 1.." + MAX_QUEUES + " (default: 1)",
+                "           logical-block-size=<b> a power of two from 512 to 64k (default: 512)",
+                "           iothread=<id>          serve all queues in iothread <id>",
+                "           iothread.<i>=<id>      a list of iothreads: queue q runs in iothread.<q mod n>",
+                "                                  (default: a new iothread per queue, '<export-id>-vq<q>')",
+                "           serial=<string>        the disk's serial number, at most 20 bytes",
+                "                                  (default: jvhost)",
+                "",
+                "  --pidfile <path>       write the process ID to <path> once every export listens;",
+                "                         the file is removed at exit",
+                "",
+                "  --demo [<dir>]         try it out: create (if absent) a sparse 1 GiB image " + DEMO_IMAGE_NAME,
+                "                         in <dir> (default: the current directory), export it writable",
+                "                         with " + DEMO_QUEUES + " queues on " + DEMO_DEFAULT_SOCKET
+                        + " (<dir>/" + DEMO_SOCKET_NAME + " when <dir>",
+                "                         is given) and print the QEMU command line that attaches a VM",
+                "",
+                "Any number of --blockdev, --object and --export options may be given. A block node may be",
+                "exported writable by one export only. Readiness: one line per export on stdout,",
+                "'jvhost: export <id> listening on <address> (<n> queues)'. SIGTERM and SIGINT stop all",
+                "exports and exit with status 0; a second signal exits at once with status 1.",
+                "Bad options print one line on stderr and exit with status 1.",
+                "",
+                "Environment: JVHOST_JAVA_OPTS adds JVM options (bin/jvhost);",
+                "-Djvhost.log.level=FINE|INFO|WARNING sets the log level (default: INFO, on stderr).",
+                "");
+    }
+
+    /** Parses and cross-checks {@code args}. Performs no I/O. */
+    public static DaemonConfig parse(String[] args) throws UsageException {
+        List<Map<String, String>> blockdevs = new ArrayList<>();
+        List<IothreadSpec> iothreads = new ArrayList<>();
+        List<ExportSpec> exports = new ArrayList<>();
+        Map<String, Boolean> nodeReadOnly = new LinkedHashMap<>();
+        Path pidfile = null;
+        DemoSpec demo = null;
+
+        for (int i = 0; i < args.length; i++) {
+            String arg = args[i];
+            if (arg.equals("-h")) return DaemonConfig.of(Action.HELP);
+            if (arg.equals("-V")) return DaemonConfig.of(Action.VERSION);
+            if (!arg.startsWith("--") || arg.equals("--")) {
+                if (arg.startsWith("-") && arg.length() > 1) {
+                    throw new UsageException(null, "unknown option '" + arg + "'");
+                }
+                throw new UsageException(null, "unexpected argument '" + arg + "' (options start with --; see --help)");
+            }
+            int eq = arg.indexOf('=');
+            String name = eq < 0 ? arg : arg.substring(0, eq);
+            String inline = eq < 0 ? null : arg.substring(eq + 1);
+            switch (name) {
+                case "--help", "--version" -> {
+                    if (inline != null) throw new UsageException(null, "option '" + name + "' doesn't allow an argument");
+                    return DaemonConfig.of(name.equals("--help") ? Action.HELP : Action.VERSION);
+                }
+                case "--blockdev" -> {
+                    String v = inline != null ? inline : requireArg(args, ++i, name);
+                    Map<String, String> opts = parseBlockdev(v, nodeReadOnly);
+                    blockdevs.add(opts);
+                }
+                case "--object" -> {
+                    String v = inline != null ? inline : requireArg(args, ++i, name);
+                    IothreadSpec t = parseObject(v);
+                    for (IothreadSpec other : iothreads) {
+                        if (other.id().equals(t.id())) throw new UsageException(name, "id '" + t.id() + "' is already in use");
+                    }
+                    iothreads.add(t);
+                }
+                case "--export" -> {
+                    String v = inline != null ? inline : requireArg(args, ++i, name);
+                    exports.add(parseExport(v));
+                }
+                case "--pidfile" -> {
+                    String v = inline != null ? inline : requireArg(args, ++i, name);
+                    if (v.isEmpty()) throw new UsageException(name, "empty path");
+                    if (pidfile != null) throw new UsageException(name, "given more than once");
+                    pidfile = Path.of(v);
+                }
+                case "--demo" -> {
+                    if (demo != null) throw new UsageException(name, "given more than once");
+                    String dir = inline;
+                    // The directory is optional: take the next word unless it is another option.
+                    if (dir == null && i + 1 < args.length && !args[i + 1].startsWith("-")) dir = args[++i];
+                    if (dir != null && dir.isEmpty()) throw new UsageException(name, "empty directory");
+                    demo = demoSpec(dir);
+                    Map<String, String> node = new LinkedHashMap<>();
+                    node.put("driver", "file");
+                    node.put("node-name", "jvhost-demo");
+                    node.put("filename", demo.image().toString());
+                    if (nodeReadOnly.containsKey("jvhost-demo")) {
+                        throw new UsageException(name, "node name 'jvhost-demo' is already in use");
+                    }
+                    nodeReadOnly.put("jvhost-demo", false);
+                    blockdevs.add(node);
+                    exports.add(new ExportSpec("jvhost-demo", "jvhost-demo", demo.socketPath(), -1, demo.numQueues(),
+                            MIN_BLOCK_SIZE, true, null, List.of()));
+                }
+                default -> throw new UsageException(null, "unknown option '" + name + "'");
+            }
+        }
+
+        crossCheck(iothreads, exports, nodeReadOnly);
+        if (exports.isEmpty()) {
+            throw new UsageException(null, "nothing to do: give at least one --export (or --demo); see --help");
+        }
+        return new DaemonConfig(Action.RUN, blockdevs, iothreads, exports, pidfile, demo);
+    }
+
+    private static String requireArg(String[] args, int i, String name) throws UsageException {
+        if (i >= args.length) throw new UsageException(null, "option '" + name + "' requires an argument");
+        return args[i];
+    }
+
+    private static KeyValue keyval(String option, String text, String impliedKey) throws UsageException {
+        if (text.startsWith("{")) {
+            throw new UsageException(option, "JSON arguments are not supported; use key=value,...");
+        }
+        try {
+            return KeyValue.parse(text, impliedKey);
+        } catch (KeyValueException e) {
+            throw new UsageException(option, e.getMessage());
+        }
+    }
+
+    private static Map<String, String> parseBlockdev(String text, Map<String, Boolean> nodeReadOnly) throws UsageException {
+        KeyValue kv = keyval("--blockdev", text, "driver");
+        // Driver-specific options are the block layer's to check; we need only what exports refer to.
+        if (kv.get("driver") == null) throw new UsageException("--blockdev", "parameter 'driver' is missing");
+        String node = kv.get("node-name");
+        if (node == null) throw new UsageException("--blockdev", "parameter 'node-name' is missing");
+        if (nodeReadOnly.containsKey(node)) {
+            throw new UsageException("--blockdev", "node name '" + node + "' is already in use");
+        }
+        String ro = kv.get("read-only");
+        Boolean readOnly = ro == null ? Boolean.FALSE : parseBoolOrNull(ro);
+        nodeReadOnly.put(node, readOnly != null && readOnly);   // a bad value is reported by the block layer
+        return kv.asMap();
+    }
+
+    private static IothreadSpec parseObject(String text) throws UsageException {
+        String opt = "--object";
+        Params p = new Params(opt, keyval(opt, text, "qom-type"));
+        String type = p.take("qom-type");
+        if (type == null) throw new UsageException(opt, "parameter 'qom-type' is missing");
+        if (!type.equals("iothread")) {
+            throw new UsageException(opt, "object type '" + type + "' is not supported (only 'iothread')");
+        }
+        String id = p.required("id");
+        checkId(opt, id);
+        for (String ignored : new String[] {"poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch"}) {
+            String v = p.take(ignored);
+            if (v != null) parseUnsigned(opt, ignored, v, Long.MAX_VALUE);
+        }
+        p.finish();
+        return new IothreadSpec(id);
+    }
+
+    private static ExportSpec parseExport(String text) throws UsageException {
+        String opt = "--export";
+        Params p = new Params(opt, keyval(opt, text, "type"));
+        String type = p.take("type");
+        if (type == null) throw new UsageException(opt, "parameter 'type' is missing");
+        if (!type.equals("vhost-user-blk")) {
+            throw new UsageException(opt, "export type '" + type + "' is not supported (only 'vhost-user-blk')");
+        }
+        String id = p.required("id");
+        checkId(opt, id);
+        String node = p.required("node-name");
+
+        String addrType = p.required("addr.type");
+        String socketPath = null;
+        int fd = -1;
+        switch (addrType) {
+            case "unix" -> {
+                socketPath = p.required("addr.path");
+                if (socketPath.isEmpty()) throw new UsageException(opt, "parameter 'addr.path' is empty");
+                int bytes = socketPath.getBytes(StandardCharsets.UTF_8).length;
+                if (bytes > MAX_SOCKET_PATH_BYTES) {
+                    throw new UsageException(opt, "socket path is " + bytes + " bytes long, the limit is "
+                            + MAX_SOCKET_PATH_BYTES + ": '" + socketPath + "'");
+                }
+            }
+            case "fd" -> {
+                String s = p.required("addr.str");
+                fd = (int) parseUnsigned(opt, "addr.str", s, Integer.MAX_VALUE);
+            }
+            default -> throw new UsageException(opt, "addr.type '" + addrType + "' is not supported (only 'unix' and 'fd')");
+        }
+
+        String w = p.take("writable");
+        boolean writable = w != null && parseBool(opt, "writable", w);
+
+        String nq = p.take("num-queues");
+        int numQueues = nq == null ? 1 : (int) parseUnsigned(opt, "num-queues", nq, Integer.MAX_VALUE);
+        if (numQueues < 1 || numQueues > MAX_QUEUES) {
+            throw new UsageException(opt, "parameter 'num-queues' must be between 1 and " + MAX_QUEUES + ", not " + nq);
+        }
+
+        String lbs = p.take("logical-block-size");
+        int blockSize = MIN_BLOCK_SIZE;
+        if (lbs != null) {
+            long b = parseSize(opt, "logical-block-size", lbs);
+            if (b < MIN_BLOCK_SIZE || b > MAX_BLOCK_SIZE || Long.bitCount(b) != 1) {
+                throw new UsageException(opt, "parameter 'logical-block-size' must be a power of two from 512 to 64k, not " + lbs);
+            }
+            blockSize = (int) b;
+        }
+
+        List<String> threads = new ArrayList<>();
+        List<String> list = p.takeList("iothread");
+        if (list != null) {
+            threads.addAll(list);
+        } else {
+            String t = p.take("iothread");
+            if (t != null) threads.add(t);
+        }
+
+        String serial = p.take("serial");
+        if (serial != null) {
+            if (serial.getBytes(StandardCharsets.UTF_8).length > MAX_SERIAL_BYTES) {
+                throw new UsageException(opt, "parameter 'serial' is longer than " + MAX_SERIAL_BYTES + " bytes");
+            }
+        }
+        p.finish();
+        return new ExportSpec(id, node, socketPath, fd, numQueues, blockSize, writable, serial, threads);
+    }
+
+    private static void crossCheck(List<IothreadSpec> iothreads, List<ExportSpec> exports,
+                                   Map<String, Boolean> nodeReadOnly) throws UsageException {
+        String opt = "--export";
+        Set<String> iothreadIds = new HashSet<>();
+        for (IothreadSpec t : iothreads) iothreadIds.add(t.id());
+        Map<String, ExportSpec> byId = new HashMap<>();
+        Map<String, ExportSpec> writer = new HashMap<>();
+        Map<String, ExportSpec> byAddress = new HashMap<>();
+        for (ExportSpec e : exports) {
+            if (byId.putIfAbsent(e.id(), e) != null) {
+                throw new UsageException(opt, "export id '" + e.id() + "' is already in use");
+            }
+            Boolean readOnly = nodeReadOnly.get(e.nodeName());
+            if (readOnly == null) throw new UsageException(opt, "node '" + e.nodeName() + "' not found");
+            for (String t : e.iothreads()) {
+                if (!iothreadIds.contains(t)) throw new UsageException(opt, "iothread '" + t + "' not found");
+            }
+            if (e.writable()) {
+                if (readOnly) throw new UsageException(opt, "node '" + e.nodeName() + "' is read-only, it cannot be exported writable");
+                ExportSpec other = writer.putIfAbsent(e.nodeName(), e);
+                if (other != null) {
+                    throw new UsageException(opt, "node '" + e.nodeName() + "' is already exported writable by '" + other.id() + "'");
+                }
+            }
+            ExportSpec other = byAddress.putIfAbsent(e.address(), e);
+            if (other != null) {
+                throw new UsageException(opt, "export '" + e.id() + "' listens on " + e.address() + " like export '" + other.id() + "'");
+            }
+        }
+    }
+
+    private static DemoSpec demoSpec(String dir) {
+        Path base = Path.of(dir == null ? "" : dir).toAbsolutePath().normalize();
+        Path image = base.resolve(DEMO_IMAGE_NAME);
+        String socket = DEMO_DEFAULT_SOCKET;
+        if (dir != null) {
+            String inDir = base.resolve(DEMO_SOCKET_NAME).toString();
+            // A deep directory would exceed sun_path; then /tmp it is.
+            if (inDir.getBytes(StandardCharsets.UTF_8).length <= MAX_SOCKET_PATH_BYTES) socket = inDir;
+        }
+        return new DemoSpec(image, DEMO_IMAGE_SIZE, socket, DEMO_QUEUES);
+    }
+
+    /** QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'. */
+    static void checkId(String opt, String id) throws UsageException {
+        boolean ok = !id.isEmpty() && Character.isLetter(id.charAt(0)) && id.charAt(0) < 128;
+        for (int i = 1; ok && i < id.length(); i++) {
+            char c = id.charAt(i);
+            ok = c < 128 && (Character.isLetterOrDigit(c) || c == '-' || c == '.' || c == '_');
+        }
+        if (!ok) {
+            throw new UsageException(opt, "invalid id '" + id + "' (a letter, then letters, digits, '-', '.', '_')");
+        }
+    }
+
+    private static Boolean parseBoolOrNull(String v) {
+        return switch (v) {
+            case "on", "yes", "true", "y" -> Boolean.TRUE;
+            case "off", "no", "false", "n" -> Boolean.FALSE;
+            default -> null;
+        };
+    }
+
+    static boolean parseBool(String opt, String key, String v) throws UsageException {
+        Boolean b = parseBoolOrNull(v);
+        if (b == null) throw new UsageException(opt, "parameter '" + key + "' expects 'on' or 'off', not '" + v + "'");
+        return b;
+    }
+
+    /** A non-negative integer: decimal, 0x hex or 0 octal, as QEMU's qemu_strtou64(base 0). */
+    static long parseUnsigned(String opt, String key, String v, long max) throws UsageException {
+        long n = parseNumber(v);
+        if (n < 0) throw new UsageException(opt, "parameter '" + key + "' expects a non-negative integer, not '" + v + "'");
+        if (n > max) throw new UsageException(opt, "parameter '" + key + "' is too large: " + v);
+        return n;
+    }
+
+    /** Returns -1 when {@code v} is not a number or does not fit in a long. */
+    private static long parseNumber(String v) {
+        int radix = 10;
+        String digits = v;
+        if (v.length() > 2 && (v.startsWith("0x") || v.startsWith("0X"))) {
+            radix = 16;
+            digits = v.substring(2);
+        } else if (v.length() > 1 && v.startsWith("0")) {
+            radix = 8;
+            digits = v.substring(1);
+        }
+        if (digits.isEmpty()) return -1;
+        for (int i = 0; i < digits.length(); i++) {
+            if (Character.digit(digits.charAt(i), radix) < 0) return -1;
+        }
+        try {
+            return Long.parseLong(digits, radix);
+        } catch (NumberFormatException e) {
+            return -1;
+        }
+    }
+
+    /** A size: an integer with an optional suffix b, k, M, G, T (powers of 1024), as QEMU's size type. */
+    static long parseSize(String opt, String key, String v) throws UsageException {
+        String number = v;
+        int shift = 0;
+        if (!v.isEmpty()) {
+            char last = v.charAt(v.length() - 1);
+            int s = switch (Character.toLowerCase(last)) {
+                case 'b' -> 0;
+                case 'k' -> 10;
+                case 'm' -> 20;
+                case 'g' -> 30;
+                case 't' -> 40;
+                default -> -1;
+            };
+            // 'b' is also a hex digit: in a 0x number it is not a suffix.
+            if (s == 0 && v.toLowerCase(Locale.ROOT).startsWith("0x")) s = -1;
+            if (s >= 0) {
+                shift = s;
+                number = v.substring(0, v.length() - 1);
+            }
+        }
+        long n = number.isEmpty() ? -1 : parseNumber(number);
+        if (n < 0 || (shift > 0 && n > (Long.MAX_VALUE >> shift))) {
+            throw new UsageException(opt, "parameter '" + key + "' expects a size (e.g. 4096 or 4k), not '" + v + "'");
+        }
+        return n << shift;
+    }
+
+    /** The parameters of one option: tracks which were used so that leftovers are reported as unknown. */
+    private static final class Params {
+        private final String option;
+        private final KeyValue kv;
+        private final Set<String> taken = new HashSet<>();
+
+        Params(String option, KeyValue kv) {
+            this.option = option;
+            this.kv = kv;
+        }
+
+        String take(String key) {
+            taken.add(key);
+            return kv.get(key);
+        }
+
+        String required(String key) throws UsageException {
+            String v = take(key);
+            if (v == null) {
+                if (kv.hasChildren(key)) throw new UsageException(option, "parameter '" + key + "' expects a string");
+                throw new UsageException(option, "parameter '" + key + "' is missing");
+            }
+            return v;
+        }
+
+        List<String> takeList(String key) throws UsageException {
+            try {
+                List<String> l = kv.list(key);
+                if (l != null) {
+                    for (int i = 0; i < l.size(); i++) taken.add(key + "." + i);
+                }
+                return l;
+            } catch (KeyValueException e) {
+                throw new UsageException(option, e.getMessage());
+            }
+        }
+
+        void finish() throws UsageException {
+            for (String k : kv.keys()) {
+                if (!taken.contains(k)) throw new UsageException(option, "unknown parameter '" + k + "'");
+            }
+        }
+    }
+}

@@ -1,0 +1,449 @@
+package io.jvhost.vhostuser;
+
+import io.jvhost.block.BlockBackend;
+import io.jvhost.block.BlockCompletion;
+import io.jvhost.block.IoVec;
+import io.jvhost.iothread.AioContext;
+import io.jvhost.iothread.BottomHalf;
+import io.jvhost.iothread.sys.EventFd;
+import io.jvhost.virtqueue.DescChain;
+import io.jvhost.virtqueue.GuestMemory;
+import io.jvhost.virtqueue.InvalidGuestAddressException;
+import io.jvhost.virtqueue.RingException;
+import io.jvhost.virtqueue.SplitRing;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.Consumer;
+import java.util.logging.Logger;
+
+/**
+ * One virtio-blk virtqueue, served entirely by its iothread: the kick handler, request parsing, block submission,
+ * completions, used-ring updates and call notifications all run there. The main loop only posts
+ * start/stop/update tasks to it and waits for their futures.
+ */
+final class BlkQueue {
+    private static final Logger LOG = Logger.getLogger(BlkQueue.class.getName());
+    /** Segments one request may have: Linux uses seg_max + 2 descriptors; allow any chain up to this. */
+    static final int MAX_CHAIN = 1024 + 2;
+
+    /** Process-wide count of handler runs on a wrong thread (must stay 0; tests assert it). */
+    static final AtomicLong WRONG_THREAD_RUNS = new AtomicLong();
+
+    private final String name;
+    private final int index;
+    private final AioContext ctx;
+    private final BlockBackend blk;
+    private final byte[] serial;
+    private final int lbs;
+    private final BottomHalf flushBh;
+
+    // State below is touched only on ctx's thread.
+    private SplitRing ring;
+    private GuestMemory mem;
+    private EventFd kick, call, err;
+    private AioContext.FdHandler kickHandler;
+    private boolean running, broken;
+    private Req[] pool = new Req[0];
+    private int poolCount, freeTop;
+    private Req[] free = new Req[0];
+    private int inflight;
+    private boolean usedDirty;
+    private CompletableFuture<Integer> stopFuture;
+    private long requestsDone;
+
+    BlkQueue(String name, int index, AioContext ctx, BlockBackend blk, String serial, int lbs) {
+        this.name = name;
+        this.index = index;
+        this.ctx = ctx;
+        this.blk = blk;
+        this.serial = serial.getBytes(StandardCharsets.UTF_8);
+        this.lbs = lbs;
+        this.flushBh = ctx.newBottomHalf(this::flushUsed);
+    }
+
+    AioContext context() {
+        return ctx;
+    }
+
+    /** Parameters of a ring start, computed on the main loop. */
+    record StartParams(GuestMemory mem, int size, long desc, long avail, long used, boolean eventIdx, int base,
+                       EventFd kick, EventFd call, EventFd err) {}
+
+    /** Starts serving the ring (runs on the iothread). Fails if the ring does not validate. */
+    CompletableFuture<Void> start(StartParams p) {
+        return ctx.submit(() -> {
+            checkThread();
+            ring = new SplitRing(p.mem, p.size, p.desc, p.avail, p.used, p.eventIdx, p.base);
+            mem = p.mem;
+            kick = p.kick;
+            call = p.call;
+            err = p.err;
+            broken = false;
+            running = true;
+            stopFuture = null;
+            if (pool.length < p.size) {
+                pool = java.util.Arrays.copyOf(pool, p.size);
+                Req[] nf = new Req[p.size];
+                System.arraycopy(free, 0, nf, 0, freeTop);
+                free = nf;
+            }
+            kickHandler = ctx.setFdHandler(kick.fd(), this::onKick);
+            // Requests may already be waiting (restart after migration, reconnect): look once.
+            process();
+            return null;
+        });
+    }
+
+    /**
+     * Stops the ring: no new requests are taken; completes with the next avail index once every request taken
+     * from the ring has completed and its used entry and notification are written.
+     */
+    CompletableFuture<Integer> stop() {
+        CompletableFuture<CompletableFuture<Integer>> f = ctx.submit(() -> {
+            checkThread();
+            if (stopFuture != null) return stopFuture;
+            stopFuture = new CompletableFuture<>();
+            running = false;
+            if (kickHandler != null) {
+                kickHandler.remove();
+                kickHandler = null;
+            }
+            maybeFinishStop();
+            return stopFuture;
+        });
+        return f.thenCompose(x -> x);
+    }
+
+    /** New call fd while running (the old one is returned to the caller to close after the swap). */
+    CompletableFuture<EventFd> swapCall(EventFd newCall) {
+        return ctx.submit(() -> {
+            EventFd old = call;
+            call = newCall;
+            return old;
+        });
+    }
+
+    CompletableFuture<EventFd> swapErr(EventFd newErr) {
+        return ctx.submit(() -> {
+            EventFd old = err;
+            err = newErr;
+            return old;
+        });
+    }
+
+    /** A memory table that only grew: existing mappings stay valid, so no drain is needed. */
+    CompletableFuture<Void> setMemory(GuestMemory m) {
+        return ctx.submit(() -> {
+            mem = m;
+            if (ring != null) {
+                try {
+                    ring.setMemory(m);
+                } catch (RingException e) {
+                    markBroken(e.getMessage());
+                }
+            }
+            return null;
+        });
+    }
+
+    long requestsDone() {
+        return requestsDone;
+    }
+
+    private void checkThread() {
+        if (!ctx.inContextThread()) {
+            WRONG_THREAD_RUNS.incrementAndGet();
+        }
+        ctx.assertInContextThread(name + " virtqueue handler");
+    }
+
+    private void onKick() {
+        checkThread();
+        kick.drain();
+        process();
+    }
+
+    /** Takes every available request, re-checking after re-enabling notifications (no lost kick). */
+    private void process() {
+        if (!running || broken) return;
+        try {
+            while (true) {
+                ring.disableNotification();
+                while (running) {
+                    if (freeTop == 0 && poolCount == pool.length) {
+                        throw new RingException("more requests in flight than the queue size " + pool.length);
+                    }
+                    Req r = freeTop > 0 ? free[--freeTop] : (pool[poolCount++] = new Req());
+                    if (!ring.pop(r.chain)) {
+                        free[freeTop++] = r;
+                        break;
+                    }
+                    inflight++;
+                    r.handle();
+                }
+                if (!running || !ring.enableNotification()) break;
+            }
+        } catch (RingException e) {
+            markBroken(e.getMessage());
+        } catch (InternalError e) {
+            // HotSpot turns a SIGBUS (front-end shrank the memory file under us) into this: a broken device.
+            markBroken("guest memory access faulted: " + e.getMessage());
+        }
+        flushUsed();
+    }
+
+    private void markBroken(String why) {
+        if (broken) return;
+        broken = true;
+        // One clear line; the queue stops (virtio: DEVICE_NEEDS_RESET). Other queues and exports keep going.
+        LOG.severe(name + ": ring broken, queue stopped (needs reset): " + why);
+        if (kickHandler != null) {
+            kickHandler.remove();
+            kickHandler = null;
+        }
+        if (err != null) err.signal();
+    }
+
+    /** Publishes used entries and notifies the driver once per batch. */
+    private void flushUsed() {
+        if (!usedDirty) return;
+        usedDirty = false;
+        try {
+            ring.publish();
+            if (ring.needsNotify() && call != null) call.signal();
+        } catch (RingException e) {
+            markBroken(e.getMessage());
+        }
+    }
+
+    private void finish(Req r, int status, int usedLen) {
+        try {
+            mem.writeU8(r.statusGpa, status);
+            ring.push(r.chain.head(), usedLen);
+            usedDirty = true;
+        } catch (InvalidGuestAddressException | RingException e) {
+            markBroken(e.getMessage());
+        } catch (InternalError e) {
+            markBroken("guest memory access faulted: " + e.getMessage());
+        }
+        requestsDone++;
+        inflight--;
+        free[freeTop++] = r;
+        if (running) {
+            flushBh.schedule(); // coalesce: one publish + one notification for all completions of this pass
+        } else {
+            flushUsed();
+            maybeFinishStop();
+        }
+    }
+
+    private void maybeFinishStop() {
+        if (stopFuture != null && inflight == 0) {
+            flushUsed();
+            CompletableFuture<Integer> f = stopFuture;
+            f.complete(ring == null ? -1 : ring.lastAvailIdx());
+        }
+    }
+
+    /** A request slot, reused: parsing and completion allocate nothing. */
+    private final class Req implements BlockCompletion {
+        final DescChain chain = new DescChain(MAX_CHAIN);
+        final IoVec iov = new IoVec(MAX_CHAIN + 64);
+        final Consumer<ByteBuffer> addSeg = iov::add;
+        final byte[] hdr = new byte[16];
+        final ByteBuffer hdrBuf = ByteBuffer.wrap(hdr).order(ByteOrder.LITTLE_ENDIAN);
+        long statusGpa;
+        int type;
+        int usedLen;
+
+        /** Parses and submits; statuses that need no I/O complete at once. */
+        void handle() {
+            if (chain.writableBytes() < 1) {
+                // No status byte to write: hand the buffers back with length 0 (nothing else is possible).
+                LOG.warning(name + ": request without status buffer (head " + chain.head() + ")");
+                statusGpa = -1;
+                try {
+                    ring.push(chain.head(), 0);
+                    usedDirty = true;
+                } catch (RingException e) {
+                    markBroken(e.getMessage());
+                }
+                inflight--;
+                free[freeTop++] = this;
+                return;
+            }
+            int last = chain.count() - 1;
+            statusGpa = chain.addr(last) + chain.len(last) - 1;
+            if (chain.readableBytes() < 16) {
+                done(VirtioBlk.S_IOERR, 1);
+                return;
+            }
+            try {
+                readReadable(0, hdr, 16);
+            } catch (InvalidGuestAddressException e) {
+                done(VirtioBlk.S_IOERR, 1);
+                return;
+            }
+            type = hdrBuf.getInt(0);
+            long sector = hdrBuf.getLong(8);
+            long outData = chain.readableBytes() - 16;
+            long inData = chain.writableBytes() - 1;
+            try {
+                switch (type) {
+                    case VirtioBlk.T_IN:
+                        rw(sector, inData, false, 0);
+                        break;
+                    case VirtioBlk.T_OUT:
+                        rw(sector, outData, true, 0);
+                        break;
+                    case VirtioBlk.T_OUT_FUA:
+                        rw(sector, outData, true, BlockBackend.FUA);
+                        break;
+                    case VirtioBlk.T_FLUSH:
+                        usedLen = 1;
+                        blk.flush(this);
+                        break;
+                    case VirtioBlk.T_GET_ID:
+                        getId(inData);
+                        break;
+                    case VirtioBlk.T_DISCARD:
+                    case VirtioBlk.T_WRITE_ZEROES:
+                        discardOrZeroes(outData);
+                        break;
+                    default:
+                        done(VirtioBlk.S_UNSUPP, 1);
+                }
+            } catch (InvalidGuestAddressException | IllegalStateException e) {
+                // Unmappable data buffer (cannot happen after pop validated it) or too many segments.
+                done(VirtioBlk.S_IOERR, 1);
+            }
+        }
+
+        private void rw(long sector, long len, boolean write, int flags) throws InvalidGuestAddressException {
+            if (write && !blk.isWritable()) {
+                done(VirtioBlk.S_IOERR, 1);
+                return;
+            }
+            if (!inRange(sector, len) || len % lbs != 0) {
+                done(VirtioBlk.S_IOERR, 1);
+                return;
+            }
+            long off = sector << VirtioBlk.SECTOR_SHIFT;
+            iov.clear();
+            if (write) {
+                gather(true, 16, len);
+                usedLen = 1;
+                blk.pwritev(off, iov, flags, this);
+            } else {
+                gather(false, 0, len);
+                usedLen = (int) Math.min(Integer.MAX_VALUE, len + 1);
+                blk.preadv(off, iov, this);
+            }
+        }
+
+        private void getId(long inData) throws InvalidGuestAddressException {
+            int n = (int) Math.min(VirtioBlk.ID_BYTES, inData);
+            byte[] id = new byte[n]; // GET_ID is rare (probe time); not on the I/O hot path
+            System.arraycopy(serial, 0, id, 0, Math.min(serial.length, n));
+            writeWritable(id, n);
+            done(VirtioBlk.S_OK, n + 1);
+        }
+
+        private void discardOrZeroes(long outData) throws InvalidGuestAddressException {
+            if (outData > 16) { // we advertise max_*_seg = 1
+                done(VirtioBlk.S_UNSUPP, 1);
+                return;
+            }
+            if (outData < 16) {
+                done(VirtioBlk.S_IOERR, 1);
+                return;
+            }
+            readReadable(16, hdr, 16); // header already parsed; reuse its buffer
+            long sector = hdrBuf.getLong(0);
+            long num = Integer.toUnsignedLong(hdrBuf.getInt(8));
+            int flags = hdrBuf.getInt(12);
+            boolean wz = type == VirtioBlk.T_WRITE_ZEROES;
+            if ((flags & ~(wz ? VirtioBlk.WZ_FLAG_UNMAP : 0)) != 0) {
+                done(VirtioBlk.S_UNSUPP, 1);
+                return;
+            }
+            long max = wz ? VirtioBlk.MAX_WRITE_ZEROES_SECTORS : VirtioBlk.MAX_DISCARD_SECTORS;
+            if (!blk.isWritable() || num > max || !inRange(sector, num << VirtioBlk.SECTOR_SHIFT)
+                    || ((sector << VirtioBlk.SECTOR_SHIFT) | (num << VirtioBlk.SECTOR_SHIFT)) % lbs != 0) {
+                done(VirtioBlk.S_IOERR, 1);
+                return;
+            }
+            usedLen = 1;
+            long off = sector << VirtioBlk.SECTOR_SHIFT, bytes = num << VirtioBlk.SECTOR_SHIFT;
+            if (wz) {
+                blk.pwriteZeroes(off, bytes, (flags & VirtioBlk.WZ_FLAG_UNMAP) != 0 ? BlockBackend.MAY_UNMAP : 0, this);
+            } else {
+                blk.pdiscard(off, bytes, this);
+            }
+        }
+
+        /** sector*512 must not overflow and [off, off+len) must lie within the device. */
+        private boolean inRange(long sector, long len) {
+            if (sector < 0 || sector > (Long.MAX_VALUE >> VirtioBlk.SECTOR_SHIFT)) return false;
+            long off = sector << VirtioBlk.SECTOR_SHIFT;
+            long cap = blk.getLength();
+            return len >= 0 && off <= cap && len <= cap - off;
+        }
+
+        /** Appends views of [skip, skip+len) of the readable (or writable) part of the chain to iov. */
+        private void gather(boolean readable, long skip, long len) throws InvalidGuestAddressException {
+            int from = readable ? 0 : chain.readableCount();
+            int to = readable ? chain.readableCount() : chain.count();
+            for (int i = from; i < to && len > 0; i++) {
+                long segLen = chain.len(i);
+                if (skip >= segLen) {
+                    skip -= segLen;
+                    continue;
+                }
+                long n = Math.min(segLen - skip, len);
+                mem.slices(chain.addr(i) + skip, n, addSeg);
+                len -= n;
+                skip = 0;
+            }
+        }
+
+        private void readReadable(long skip, byte[] dst, int len) throws InvalidGuestAddressException {
+            int done = 0;
+            for (int i = 0; i < chain.readableCount() && done < len; i++) {
+                long segLen = chain.len(i);
+                if (skip >= segLen) {
+                    skip -= segLen;
+                    continue;
+                }
+                int n = (int) Math.min(segLen - skip, len - done);
+                mem.read(chain.addr(i) + skip, dst, done, n);
+                done += n;
+                skip = 0;
+            }
+        }
+
+        private void writeWritable(byte[] src, int len) throws InvalidGuestAddressException {
+            int done = 0;
+            for (int i = chain.readableCount(); i < chain.count() && done < len; i++) {
+                int n = (int) Math.min(chain.len(i), len - done);
+                mem.write(chain.addr(i), src, done, n);
+                done += n;
+            }
+        }
+
+        private void done(int status, int len) {
+            finish(this, status, len);
+        }
+
+        /** Block-layer completion: runs on this queue's iothread (the block layer completes in the submitter's context). */
+        @Override
+        public void complete(int ret) {
+            checkThread();
+            finish(this, ret == 0 ? VirtioBlk.S_OK : VirtioBlk.S_IOERR, ret == 0 ? usedLen : 1);
+        }
+    }
+}

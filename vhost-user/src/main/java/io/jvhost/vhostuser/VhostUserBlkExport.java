@@ -1,0 +1,172 @@
+package io.jvhost.vhostuser;
+
+import io.jvhost.block.BlockBackend;
+import io.jvhost.iothread.AioContext;
+import org.newsclub.net.unix.AFUNIXServerSocketChannel;
+import org.newsclub.net.unix.AFUNIXSocketAddress;
+import org.newsclub.net.unix.AFUNIXSocketChannel;
+import org.newsclub.net.unix.FileDescriptorCast;
+
+import java.io.File;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.logging.Level;
+import java.util.logging.Logger;
+
+/**
+ * A vhost-user-blk export: a listening unix socket (its own path or an inherited fd) served on the main loop,
+ * one front-end at a time. Each connection gets a fresh {@link BlkDevice}; the next front-end is accepted only
+ * after the previous one's rings have stopped and its memory is unmapped.
+ */
+public final class VhostUserBlkExport implements AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(VhostUserBlkExport.class.getName());
+
+    private final BlkExportConfig cfg;
+    private final BlockBackend blk;
+    private final AioContext mainLoop;
+    private final List<AioContext> queueThreads;
+    private AFUNIXServerSocketChannel server;
+    private int serverFd;
+    private AioContext.FdHandler acceptHandler;
+    private Connection conn;
+    private CompletableFuture<Void> connDone = CompletableFuture.completedFuture(null);
+    private int connections;
+    private boolean closed;
+
+    public VhostUserBlkExport(BlkExportConfig cfg, BlockBackend blk, AioContext mainLoop, List<AioContext> queueThreads) {
+        if (queueThreads.size() != cfg.numQueues()) {
+            throw new IllegalArgumentException("export " + cfg.id() + ": " + cfg.numQueues() + " queues but " + queueThreads.size() + " iothreads");
+        }
+        for (AioContext t : queueThreads) {
+            if (!t.isIoThread()) throw new IllegalArgumentException("export " + cfg.id() + ": virtqueues must run in iothreads, not " + t.name());
+        }
+        if (mainLoop.isIoThread()) throw new IllegalArgumentException("export " + cfg.id() + ": the socket belongs to the main loop");
+        if (cfg.writable() && !blk.isWritable()) throw new IllegalArgumentException("export " + cfg.id() + ": writable export on a read-only backend");
+        this.cfg = cfg;
+        this.blk = blk;
+        this.mainLoop = mainLoop;
+        this.queueThreads = List.copyOf(queueThreads);
+    }
+
+    public BlkExportConfig config() {
+        return cfg;
+    }
+
+    /** Listens: a unix path (created 0600; a stale socket file is replaced) or the inherited listening fd. */
+    public void start() throws IOException {
+        if (cfg.socketPath() != null) {
+            Path p = Path.of(cfg.socketPath());
+            if (Files.exists(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)) {
+                // Replace a stale socket of an earlier run, but never delete anything that is not a socket.
+                int mode = (Integer) Files.getAttribute(p, "unix:mode", java.nio.file.LinkOption.NOFOLLOW_LINKS);
+                if ((mode & 0170000) != 0140000) throw new IOException(cfg.socketPath() + " exists and is not a socket");
+                Files.delete(p);
+            }
+            server = AFUNIXServerSocketChannel.open();
+            // The umask is process-wide; bind, then restrict before anyone can rely on it.
+            server.bind(AFUNIXSocketAddress.of(new File(cfg.socketPath())), 1);
+            Files.setPosixFilePermissions(p, PosixFilePermissions.fromString("rw-------"));
+        } else {
+            server = FileDescriptorCast.unsafeUsing(cfg.listenFd()).as(AFUNIXServerSocketChannel.class);
+        }
+        server.configureBlocking(false);
+        serverFd = FileDescriptorCast.using(server.getFileDescriptor()).as(Integer.class);
+        call(() -> {
+            acceptHandler = mainLoop.setFdHandler(serverFd, this::onAcceptable);
+            return null;
+        });
+    }
+
+    /** Number of front-ends accepted so far (tests, stats). */
+    public int connectionCount() {
+        return connections;
+    }
+
+    private void onAcceptable() {
+        if (closed || conn != null) return;
+        AFUNIXSocketChannel ch;
+        try {
+            ch = server.accept();
+        } catch (IOException e) {
+            LOG.warning(cfg.id() + ": accept failed: " + e.getMessage());
+            return;
+        }
+        if (ch == null) return;
+        connections++;
+        String name = "export " + cfg.id() + " conn#" + connections;
+        try {
+            CompletableFuture<Void> done = new CompletableFuture<>();
+            BlkDevice dev = new BlkDevice(name, cfg, blk, mainLoop, queueThreads, () -> {
+                conn = null;
+                done.complete(null);
+                LOG.info(name + ": closed");
+                if (!closed) resumeAccepting();
+            });
+            conn = new Connection(name, ch, mainLoop, dev);
+            connDone = done;
+            // One front-end at a time: stop accepting until this one is gone (others wait in the backlog).
+            acceptHandler.remove();
+            acceptHandler = null;
+            conn.start();
+            LOG.info(name + ": front-end connected");
+        } catch (IOException e) {
+            LOG.warning(name + ": cannot set up connection: " + e.getMessage());
+            conn = null;
+            try {
+                ch.close();
+            } catch (IOException ignored) {
+                // nothing more to do
+            }
+        }
+    }
+
+    private void resumeAccepting() {
+        if (acceptHandler == null && !closed) acceptHandler = mainLoop.setFdHandler(serverFd, this::onAcceptable);
+    }
+
+    /** Stops the rings (letting requests complete), disconnects the front-end, closes and unlinks the socket. */
+    @Override
+    public void close() {
+        CompletableFuture<Void> done;
+        try {
+            done = call(() -> {
+                if (closed) return connDone;
+                closed = true;
+                if (acceptHandler != null) {
+                    acceptHandler.remove();
+                    acceptHandler = null;
+                }
+                if (conn != null) conn.close();
+                return connDone;
+            });
+            done.get(60, TimeUnit.SECONDS);
+        } catch (Exception e) {
+            LOG.log(Level.WARNING, cfg.id() + ": close did not finish cleanly", e);
+        }
+        try {
+            if (server != null) server.close();
+        } catch (IOException e) {
+            LOG.log(Level.FINE, "close", e);
+        }
+        if (cfg.socketPath() != null) {
+            try {
+                Files.deleteIfExists(Path.of(cfg.socketPath()));
+            } catch (IOException e) {
+                LOG.fine("unlink: " + e);
+            }
+        }
+    }
+
+    private <T> T call(java.util.concurrent.Callable<T> c) throws IOException {
+        try {
+            return mainLoop.call(c, 30, TimeUnit.SECONDS);
+        } catch (Exception e) {
+            throw new IOException(cfg.id() + ": main loop did not run the task: " + e, e);
+        }
+    }
+}
