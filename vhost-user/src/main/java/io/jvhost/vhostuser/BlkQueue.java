@@ -33,6 +33,14 @@ final class BlkQueue {
     /** Process-wide count of handler runs on a wrong thread (must stay 0; tests assert it). */
     static final AtomicLong WRONG_THREAD_RUNS = new AtomicLong();
 
+    /** Test probe: told of every handler entry (queue, running thread) before the thread check. */
+    interface HandlerProbe {
+        void entered(BlkQueue q, Thread t);
+    }
+
+    /** Null in production; tests install one to prove where handlers ran (one volatile read per entry). */
+    static volatile HandlerProbe probe;
+
     private final String name;
     private final int index;
     private final AioContext ctx;
@@ -154,11 +162,22 @@ final class BlkQueue {
         return requestsDone;
     }
 
+    String name() {
+        return name;
+    }
+
     private void checkThread() {
+        HandlerProbe p = probe;
+        if (p != null) p.entered(this, Thread.currentThread());
         if (!ctx.inContextThread()) {
             WRONG_THREAD_RUNS.incrementAndGet();
         }
         ctx.assertInContextThread(name + " virtqueue handler");
+    }
+
+    /** Test hook: runs the kick handler in the CALLING thread, as a misrouted event would; must be refused. */
+    void runKickHandlerInCallingThread() {
+        onKick();
     }
 
     private void onKick() {
@@ -328,7 +347,8 @@ final class BlkQueue {
                 done(VirtioBlk.S_IOERR, 1);
                 return;
             }
-            if (!inRange(sector, len) || len % lbs != 0) {
+            // Offset and length must both be whole logical blocks (as QEMU's virtio-blk checks; DISCARD/WZ too).
+            if (!inRange(sector, len) || len % lbs != 0 || (sector << VirtioBlk.SECTOR_SHIFT) % lbs != 0) {
                 done(VirtioBlk.S_IOERR, 1);
                 return;
             }

@@ -37,6 +37,8 @@ public final class VhostUserBlkExport implements AutoCloseable {
     private CompletableFuture<Void> connDone = CompletableFuture.completedFuture(null);
     private int connections;
     private boolean closed;
+    /** Set once we created the socket file: close() unlinks only what this export made. */
+    private boolean ownsSocketFile;
 
     public VhostUserBlkExport(BlkExportConfig cfg, BlockBackend blk, AioContext mainLoop, List<AioContext> queueThreads) {
         if (queueThreads.size() != cfg.numQueues()) {
@@ -70,6 +72,7 @@ public final class VhostUserBlkExport implements AutoCloseable {
             server = AFUNIXServerSocketChannel.open();
             // The umask is process-wide; bind, then restrict before anyone can rely on it.
             server.bind(AFUNIXSocketAddress.of(new File(cfg.socketPath())), 1);
+            ownsSocketFile = true;
             Files.setPosixFilePermissions(p, PosixFilePermissions.fromString("rw-------"));
         } else {
             server = FileDescriptorCast.unsafeUsing(cfg.listenFd()).as(AFUNIXServerSocketChannel.class);
@@ -153,7 +156,7 @@ public final class VhostUserBlkExport implements AutoCloseable {
         } catch (IOException e) {
             LOG.log(Level.FINE, "close", e);
         }
-        if (cfg.socketPath() != null) {
+        if (ownsSocketFile) {
             try {
                 Files.deleteIfExists(Path.of(cfg.socketPath()));
             } catch (IOException e) {

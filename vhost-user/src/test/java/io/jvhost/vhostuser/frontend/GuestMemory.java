@@ -23,7 +23,8 @@ import java.util.TreeMap;
  * get a memfd each. A small first-fit allocator hands out guest buffers; ordinary allocations stay inside one
  * region, {@link #allocAt} may deliberately straddle adjacent regions.
  *
- * <p>Not thread-safe: one test thread drives a guest.
+ * <p>The allocator is synchronized, so several driver threads (one per {@link DriverQueue}) may share a guest;
+ * the accessors touch only the (fixed) region table and the caller's own buffers.
  */
 public final class GuestMemory implements AutoCloseable {
     /** Where one region lives: guest-physical base, size, front-end virtual base. */
@@ -190,7 +191,7 @@ public final class GuestMemory implements AutoCloseable {
     // ---------------------------------------------------------------------------------------------- allocator
 
     /** Allocates {@code len} bytes aligned to {@code align}, cycling through the regions to spread buffers. */
-    public long alloc(long len, int align) {
+    public synchronized long alloc(long len, int align) {
         for (int k = 0; k < regions.size(); k++) {
             int r = (nextRegion + k) % regions.size();
             long a = tryAlloc(len, align, regions.get(r));
@@ -203,7 +204,7 @@ public final class GuestMemory implements AutoCloseable {
     }
 
     /** Allocates inside region {@code regionIndex}. */
-    public long alloc(long len, int align, int regionIndex) {
+    public synchronized long alloc(long len, int align, int regionIndex) {
         long a = tryAlloc(len, align, regions.get(regionIndex));
         if (a < 0) throw new IllegalStateException("region " + regionIndex + " exhausted allocating " + len + " bytes");
         return a;
@@ -213,7 +214,7 @@ public final class GuestMemory implements AutoCloseable {
      * Reserves exactly [gpa, gpa+len), which may straddle adjacent regions. Throws if any byte is already
      * allocated or not guest RAM.
      */
-    public long allocAt(long gpa, long len) {
+    public synchronized long allocAt(long gpa, long len) {
         if (len <= 0) throw new IllegalArgumentException("len " + len);
         Map.Entry<Long, Long> e = free.floorEntry(gpa);
         if (e == null || e.getKey() + e.getValue() < gpa + len) {
@@ -224,14 +225,14 @@ public final class GuestMemory implements AutoCloseable {
     }
 
     /** Returns an allocation made by one of the alloc methods. */
-    public void free(long gpa) {
+    public synchronized void free(long gpa) {
         Long len = allocated.remove(gpa);
         if (len == null) throw new IllegalStateException(String.format("0x%x was not allocated", gpa));
         release(gpa, len);
     }
 
     /** Bytes currently allocated (tests use it to prove requests give their buffers back). */
-    public long allocatedBytes() {
+    public synchronized long allocatedBytes() {
         long n = 0;
         for (long l : allocated.values()) n += l;
         return n;

@@ -4,7 +4,7 @@ import io.jvhost.iothread.sys.EventFd;
 import org.newsclub.net.unix.AFUNIXSocket;
 import org.newsclub.net.unix.AFUNIXSocketAddress;
 import org.newsclub.net.unix.AFUNIXSocketChannel;
-import org.newsclub.net.unix.AFUNIXSocketPair;
+import org.newsclub.net.unix.AFUNIXServerSocketChannel;
 import org.newsclub.net.unix.FileDescriptorCast;
 
 import java.io.EOFException;
@@ -138,7 +138,9 @@ public final class VhostUserFrontend implements AutoCloseable {
     private final List<DriverQueue> queues = new ArrayList<>();
     private final List<DriverQueue> ownedQueues = new ArrayList<>();
     private final List<EventFd> ownedEventFds = new ArrayList<>();
-    private AFUNIXSocketPair<AFUNIXSocketChannel> backendPair;
+    /** The BACKEND_REQ channel: [0] our end, [1] the end sent to the back-end (kept open, see setBackendReqFd). */
+    private AFUNIXSocketChannel[] backendPair;
+    private static final java.util.concurrent.atomic.AtomicLong PAIR_SEQ = new java.util.concurrent.atomic.AtomicLong();
     private AFUNIXSocket backendSock;
     private boolean ringsNeedEnable;
     private boolean closed;
@@ -404,9 +406,9 @@ public final class VhostUserFrontend implements AutoCloseable {
 
     /** Creates a socketpair and sends one end with SET_BACKEND_REQ_FD; the other end is read by {@link #receiveBackendRequest}. */
     public void setBackendReqFd() throws IOException {
-        if (backendPair != null) backendPair.close();
-        backendPair = AFUNIXSocketPair.open();
-        AFUNIXSocketChannel ours = backendPair.getFirst(), theirs = backendPair.getSecond();
+        closeBackendPair();
+        backendPair = socketPair();
+        AFUNIXSocketChannel ours = backendPair[0], theirs = backendPair[1];
         ours.configureBlocking(true);
         backendSock = (AFUNIXSocket) ours.socket();
         backendSock.setAncillaryReceiveBufferSize(1024);
@@ -419,7 +421,38 @@ public final class VhostUserFrontend implements AutoCloseable {
 
     /** The socketpair end that was sent with SET_BACKEND_REQ_FD (null before); e.g. to find it in the peer's fds. */
     public AFUNIXSocketChannel backendChannelPeer() {
-        return backendPair == null ? null : backendPair.getSecond();
+        return backendPair == null ? null : backendPair[1];
+    }
+
+    /**
+     * A connected pair of unix stream sockets, made by accept/connect on a throw-away abstract-namespace listener:
+     * junixsocket 2.11.1's AFUNIXSocketPair.open() leaks two fds per call (the placeholder sockets it opens
+     * before socketpair(2) replaces them), which would show up in fd-hygiene tests as a leak of the back-end.
+     */
+    private static AFUNIXSocketChannel[] socketPair() throws IOException {
+        try (AFUNIXServerSocketChannel srv = AFUNIXServerSocketChannel.open()) {
+            srv.bind(AFUNIXSocketAddress.inAbstractNamespace("jvhost-fe-" + ProcessHandle.current().pid() + "-" + PAIR_SEQ.incrementAndGet()), 1);
+            AFUNIXSocketChannel a = AFUNIXSocketChannel.open(srv.getLocalAddress());
+            try {
+                AFUNIXSocketChannel b = srv.accept();
+                return new AFUNIXSocketChannel[] {a, b};
+            } catch (IOException | RuntimeException e) {
+                a.close();
+                throw e;
+            }
+        }
+    }
+
+    private void closeBackendPair() {
+        if (backendPair == null) return;
+        for (AFUNIXSocketChannel c : backendPair) {
+            try {
+                c.close();
+            } catch (IOException ignored) {
+                // nothing useful to do in a test fixture
+            }
+        }
+        backendPair = null;
     }
 
     /** SET_BACKEND_REQ_FD with any fd (or none, for malformed-input tests). */
@@ -584,13 +617,7 @@ public final class VhostUserFrontend implements AutoCloseable {
         } catch (IOException ignored) {
             // nothing useful to do in a test fixture
         }
-        if (backendPair != null) {
-            try {
-                backendPair.close();
-            } catch (IOException ignored) {
-                // idem
-            }
-        }
+        closeBackendPair();
         for (DriverQueue q : ownedQueues) q.close();
         for (EventFd e : ownedEventFds) e.close();
         ownedQueues.clear();
