@@ -28,6 +28,9 @@ final class BlkDevice implements Connection.Handler {
     static final long PROTOCOL_FEATURES = Proto.PF_MQ | Proto.PF_REPLY_ACK | Proto.PF_BACKEND_REQ | Proto.PF_CONFIG
             | Proto.PF_CONFIGURE_MEM_SLOTS;
 
+    /** QEMU's VIRTQUEUE_MAX_SIZE: bounds the per-queue request pool a front-end can make us allocate. */
+    static final int MAX_QUEUE_SIZE = 1024;
+
     private final String name;
     private final BlkExportConfig cfg;
     private final BlockBackend blk;
@@ -77,7 +80,7 @@ final class BlkDevice implements Connection.Handler {
         long f = Proto.F_VERSION_1 | Proto.F_INDIRECT_DESC | Proto.F_EVENT_IDX | Proto.F_PROTOCOL_FEATURES
                 | VirtioBlk.F_SIZE_MAX | VirtioBlk.F_SEG_MAX | VirtioBlk.F_BLK_SIZE | VirtioBlk.F_FLUSH
                 | VirtioBlk.F_TOPOLOGY | VirtioBlk.F_CONFIG_WCE | VirtioBlk.F_MQ | VirtioBlk.F_DISCARD
-                | VirtioBlk.F_WRITE_ZEROES;
+                | VirtioBlk.F_WRITE_ZEROES | VirtioBlk.F_OUT_FUA;
         if (!blk.isWritable()) f |= VirtioBlk.F_RO;
         return f;
     }
@@ -197,7 +200,7 @@ final class BlkDevice implements Connection.Handler {
             case Proto.SET_VRING_NUM: {
                 Vring v = vringOf(m, 8);
                 int num = m.u32(4);
-                if (num < 1 || num > 32768 || Integer.bitCount(num) != 1) throw new ProtocolException("SET_VRING_NUM: bad queue size " + Integer.toUnsignedString(num));
+                if (num < 1 || num > MAX_QUEUE_SIZE || Integer.bitCount(num) != 1) throw new ProtocolException("SET_VRING_NUM: bad queue size " + Integer.toUnsignedString(num));
                 if (v.running) throw new ProtocolException("SET_VRING_NUM on running ring");
                 v.num = num;
                 return null;
@@ -330,7 +333,7 @@ final class BlkDevice implements Connection.Handler {
         // Growing the table leaves every existing mapping valid: running rings just take the new snapshot.
         List<CompletableFuture<?>> fs = new ArrayList<>();
         for (Vring v : vrings) if (v.running) fs.add(v.q.setMemory(next));
-        return CompletableFuture.allOf(fs.toArray(new CompletableFuture[0])).thenCompose(x -> startAll());
+        return CompletableFuture.allOf(fs.toArray(new CompletableFuture[0])).thenComposeAsync(x -> startAll(), mainLoop);
     }
 
     private CompletableFuture<Void> remMemReg(Message m) throws ProtocolException {
@@ -360,6 +363,11 @@ final class BlkDevice implements Connection.Handler {
             }
         }
         return CompletableFuture.allOf(stops.toArray(new CompletableFuture[0])).thenComposeAsync(x -> {
+            if (closed) {
+                // The session ended while we waited: onClosed unmapped the old table; drop the new one too.
+                for (MemoryRegion r : next.regions()) if (!mem.regions().contains(r)) r.close();
+                return CompletableFuture.completedFuture(null);
+            }
             List<MemoryRegion> keep = next.regions();
             mem = next;
             for (MemoryRegion r : toUnmap) if (!keep.contains(r)) r.close();
@@ -404,6 +412,11 @@ final class BlkDevice implements Connection.Handler {
         if (!nofd) {
             int fd = m.takeFd(0);
             if (fd < 0) throw new ProtocolException(Proto.name(m.request) + ": missing fd");
+            if (!isEventFd(fd)) {
+                // A socket at EOF would spin the iothread; a file on FUSE/NFS would block it.
+                Libc.close(fd);
+                throw new ProtocolException(Proto.name(m.request) + ": fd is not an eventfd");
+            }
             try {
                 Libc.setNonBlocking(fd); // a blocking fd must never stall an iothread
             } catch (IOException e) {
@@ -419,6 +432,10 @@ final class BlkDevice implements Connection.Handler {
                 EventFd nk = efd;
                 CompletableFuture<Integer> stopped = v.running ? stopRing(v) : CompletableFuture.completedFuture(0);
                 return stopped.thenComposeAsync(x -> {
+                    if (closed) {
+                        nk.close();
+                        return CompletableFuture.completedFuture(null);
+                    }
                     if (v.kick != null) v.kick.close();
                     v.kick = nk;
                     v.started = true;
@@ -439,6 +456,15 @@ final class BlkDevice implements Connection.Handler {
                 closeQuietly(old);
                 return null;
             }
+        }
+    }
+
+    /** readlink of /proc/self/fd/N is computed by the kernel without calling into the fd's filesystem. */
+    static boolean isEventFd(int fd) {
+        try {
+            return java.nio.file.Files.readSymbolicLink(java.nio.file.Path.of("/proc/self/fd/" + fd)).toString().equals("anon_inode:[eventfd]");
+        } catch (IOException | RuntimeException e) {
+            return false;
         }
     }
 
@@ -477,7 +503,8 @@ final class BlkDevice implements Connection.Handler {
         }
         v.running = true;
         boolean eventIdx = (ackedFeatures & Proto.F_EVENT_IDX) != 0;
-        return v.q.start(new BlkQueue.StartParams(mem, v.num, desc, avail, used, eventIdx, v.base, v.kick, v.call, v.err))
+        return v.q.start(new BlkQueue.StartParams(mem, v.num, desc, avail, used, eventIdx, v.base, v.kick, v.call, v.err,
+                        (ackedFeatures & VirtioBlk.F_OUT_FUA) != 0))
                 .whenCompleteAsync((x, t) -> {
                     if (t != null) v.running = false;
                 }, mainLoop);
@@ -526,7 +553,10 @@ final class BlkDevice implements Connection.Handler {
         m.expectMinSize(12);
         int off = m.u32(0), size = m.u32(4);
         if (size <= 0 || size > 256 || off < 0 || off > 256 - size || m.size() != 12 + size) {
-            throw new FatalProtocolException("GET_CONFIG: bad offset/size " + Integer.toUnsignedString(off) + "/" + Integer.toUnsignedString(size));
+            // GET_CONFIG has its own reply: a zero-size payload tells the front-end it failed.
+            LOG.warning(name + ": GET_CONFIG refused: bad offset/size " + Integer.toUnsignedString(off) + "/" + Integer.toUnsignedString(size));
+            c.reply(Proto.GET_CONFIG, ByteBuffer.allocate(0));
+            return null;
         }
         byte[] cs = configSpace();
         ByteBuffer b = ByteBuffer.allocate(12 + size).order(ByteOrder.LITTLE_ENDIAN);
@@ -558,6 +588,12 @@ final class BlkDevice implements Connection.Handler {
         closed = true;
         // Stop every ring (requests complete first), then unmap and release everything of this session.
         stopAll().whenCompleteAsync((x, t) -> {
+            if (t != null) {
+                // A ring did not stop: its requests may still write into guest memory. Leaking the mappings
+                // is the only safe choice (unmapping would crash the JVM under a block worker).
+                LOG.severe(name + ": rings did not stop (" + t + "); guest memory stays mapped, export no longer accepts front-ends");
+                return;
+            }
             for (Vring v : vrings) {
                 closeQuietly(v.kick);
                 closeQuietly(v.call);

@@ -28,7 +28,7 @@ import java.util.logging.Logger;
 final class BlkQueue {
     private static final Logger LOG = Logger.getLogger(BlkQueue.class.getName());
     /** Segments one request may have: Linux uses seg_max + 2 descriptors; allow any chain up to this. */
-    static final int MAX_CHAIN = 1024 + 2;
+    static final int MAX_CHAIN = VirtioBlk.SEG_MAX + 2;
 
     /** Process-wide count of handler runs on a wrong thread (must stay 0; tests assert it). */
     static final AtomicLong WRONG_THREAD_RUNS = new AtomicLong();
@@ -60,6 +60,11 @@ final class BlkQueue {
     private Req[] free = new Req[0];
     private int inflight;
     private boolean usedDirty;
+    private boolean outFua;
+    /** process() stopped because every request slot was in flight; the next completion resumes it. */
+    private boolean starved;
+    private boolean warnedNoStatus;
+    private final BottomHalf processBh;
     private CompletableFuture<Integer> stopFuture;
     private long requestsDone;
 
@@ -71,6 +76,7 @@ final class BlkQueue {
         this.serial = serial.getBytes(StandardCharsets.UTF_8);
         this.lbs = lbs;
         this.flushBh = ctx.newBottomHalf(this::flushUsed);
+        this.processBh = ctx.newBottomHalf(this::process);
     }
 
     AioContext context() {
@@ -79,7 +85,7 @@ final class BlkQueue {
 
     /** Parameters of a ring start, computed on the main loop. */
     record StartParams(GuestMemory mem, int size, long desc, long avail, long used, boolean eventIdx, int base,
-                       EventFd kick, EventFd call, EventFd err) {}
+                       EventFd kick, EventFd call, EventFd err, boolean outFua) {}
 
     /** Starts serving the ring (runs on the iothread). Fails if the ring does not validate. */
     CompletableFuture<Void> start(StartParams p) {
@@ -90,6 +96,7 @@ final class BlkQueue {
             kick = p.kick;
             call = p.call;
             err = p.err;
+            outFua = p.outFua;
             broken = false;
             running = true;
             stopFuture = null;
@@ -194,7 +201,10 @@ final class BlkQueue {
                 ring.disableNotification();
                 while (running) {
                     if (freeTop == 0 && poolCount == pool.length) {
-                        throw new RingException("more requests in flight than the queue size " + pool.length);
+                        // Every slot is in flight (a full queue is legal): continue when one completes. Kicks stay
+                        // off meanwhile; SplitRing itself refuses a driver that makes more than size available.
+                        starved = true;
+                        break;
                     }
                     Req r = freeTop > 0 ? free[--freeTop] : (pool[poolCount++] = new Req());
                     if (!ring.pop(r.chain)) {
@@ -202,9 +212,9 @@ final class BlkQueue {
                         break;
                     }
                     inflight++;
-                    r.handle();
+                    r.handleSafely();
                 }
-                if (!running || !ring.enableNotification()) break;
+                if (starved || !running || !ring.enableNotification()) break;
             }
         } catch (RingException e) {
             markBroken(e.getMessage());
@@ -236,6 +246,8 @@ final class BlkQueue {
             if (ring.needsNotify() && call != null) call.signal();
         } catch (RingException e) {
             markBroken(e.getMessage());
+        } catch (InternalError e) {
+            markBroken("guest memory access faulted: " + e.getMessage());
         }
     }
 
@@ -252,6 +264,10 @@ final class BlkQueue {
         requestsDone++;
         inflight--;
         free[freeTop++] = r;
+        if (starved && running) {
+            starved = false;
+            processBh.schedule();
+        }
         if (running) {
             flushBh.schedule(); // coalesce: one publish + one notification for all completions of this pass
         } else {
@@ -280,10 +296,37 @@ final class BlkQueue {
         int usedLen;
 
         /** Parses and submits; statuses that need no I/O complete at once. */
+        /** Whether the request went to the block layer (then only its completion may finish it). */
+        boolean submitted;
+
+        /**
+         * A fault while parsing (e.g. SIGBUS turned into InternalError by HotSpot when the front-end shrinks its
+         * memory file) must still finish the request, or the ring could never stop and the export would wedge.
+         */
+        void handleSafely() {
+            submitted = false;
+            try {
+                handle();
+            } catch (RuntimeException | InternalError e) {
+                markBroken("request handling failed: " + e);
+                if (!submitted) {
+                    try {
+                        done(VirtioBlk.S_IOERR, 1);
+                    } catch (RuntimeException | InternalError e2) {
+                        inflight--; // status unwritable: at least give the slot back so the ring can stop
+                        free[freeTop++] = this;
+                    }
+                }
+            }
+        }
+
         void handle() {
             if (chain.writableBytes() < 1) {
                 // No status byte to write: hand the buffers back with length 0 (nothing else is possible).
-                LOG.warning(name + ": request without status buffer (head " + chain.head() + ")");
+                if (!warnedNoStatus) { // a guest must not be able to flood the log
+                    warnedNoStatus = true;
+                    LOG.warning(name + ": request without status buffer (head " + chain.head() + "); further ones not logged");
+                }
                 statusGpa = -1;
                 try {
                     ring.push(chain.head(), 0);
@@ -320,10 +363,15 @@ final class BlkQueue {
                         rw(sector, outData, true, 0);
                         break;
                     case VirtioBlk.T_OUT_FUA:
+                        if (!outFua) { // the spec lets a driver send it only when negotiated
+                            done(VirtioBlk.S_UNSUPP, 1);
+                            break;
+                        }
                         rw(sector, outData, true, BlockBackend.FUA);
                         break;
                     case VirtioBlk.T_FLUSH:
                         usedLen = 1;
+                        submitted = true;
                         blk.flush(this);
                         break;
                     case VirtioBlk.T_GET_ID:
@@ -357,10 +405,12 @@ final class BlkQueue {
             if (write) {
                 gather(true, 16, len);
                 usedLen = 1;
+                submitted = true;
                 blk.pwritev(off, iov, flags, this);
             } else {
                 gather(false, 0, len);
                 usedLen = (int) Math.min(Integer.MAX_VALUE, len + 1);
+                submitted = true;
                 blk.preadv(off, iov, this);
             }
         }
@@ -400,8 +450,10 @@ final class BlkQueue {
             usedLen = 1;
             long off = sector << VirtioBlk.SECTOR_SHIFT, bytes = num << VirtioBlk.SECTOR_SHIFT;
             if (wz) {
+                submitted = true;
                 blk.pwriteZeroes(off, bytes, (flags & VirtioBlk.WZ_FLAG_UNMAP) != 0 ? BlockBackend.MAY_UNMAP : 0, this);
             } else {
+                submitted = true;
                 blk.pdiscard(off, bytes, this);
             }
         }

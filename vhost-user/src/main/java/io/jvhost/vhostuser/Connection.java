@@ -22,6 +22,7 @@ import java.util.logging.Logger;
  */
 final class Connection {
     private static final Logger LOG = Logger.getLogger(Connection.class.getName());
+    private static final int F_DUPFD_CLOEXEC = 1030;
 
     interface Handler {
         void onMessage(Connection c, Message m);
@@ -146,7 +147,7 @@ final class Connection {
         if (got == null || got.length == 0) return;
         for (FileDescriptor fd : got) {
             int raw = FileDescriptorCast.using(fd).as(Integer.class);
-            int own = Libc.dup(raw);
+            int own = Libc.fcntl(raw, F_DUPFD_CLOEXEC, 0); // close-on-exec: never leak guest fds to children
             // Close the original through Java so junixsocket forgets it (see class comment).
             try (FileInputStream in = new FileInputStream(fd)) {
                 // closed by try-with-resources

@@ -18,7 +18,9 @@ final class VirtioBlk {
     // Feature bits.
     static final long F_SIZE_MAX = 1L << 1, F_SEG_MAX = 1L << 2, F_RO = 1L << 5, F_BLK_SIZE = 1L << 6,
             F_FLUSH = 1L << 9, F_TOPOLOGY = 1L << 10, F_CONFIG_WCE = 1L << 11, F_MQ = 1L << 12,
-            F_DISCARD = 1L << 13, F_WRITE_ZEROES = 1L << 14;
+            F_DISCARD = 1L << 13, F_WRITE_ZEROES = 1L << 14,
+            /** OUT_FUA requests (type 27) may be sent only when this is negotiated. */
+            F_OUT_FUA = 1L << 18;
 
     // Limits we advertise and enforce.
     static final int MAX_DISCARD_SECTORS = 32768, MAX_WRITE_ZEROES_SECTORS = 32768;

@@ -138,8 +138,8 @@ class ProtocolErrorTest extends ExportTestBase {
     }
 
     enum Fatal {
-        UNKNOWN_WITHOUT_NEED_REPLY, PAYLOAD_4097, PAYLOAD_4G, BAD_VERSION, GET_VRING_BASE_1000, GET_CONFIG_SIZE_0,
-        GET_CONFIG_PAST_256, MALFORMED_WITHOUT_NEED_REPLY
+        UNKNOWN_WITHOUT_NEED_REPLY, PAYLOAD_4097, PAYLOAD_4G, BAD_VERSION, GET_VRING_BASE_1000,
+        MALFORMED_WITHOUT_NEED_REPLY
     }
 
     @ParameterizedTest
@@ -163,12 +163,6 @@ class ProtocolErrorTest extends ExportTestBase {
             case GET_VRING_BASE_1000: // has a reply of its own: a failure cannot be acked
                 fe.send(GET_VRING_BASE, VERSION | FLAG_NEED_REPLY, vringState(1000, 0));
                 break;
-            case GET_CONFIG_SIZE_0:
-                fe.send(GET_CONFIG, VERSION, le(12).array());
-                break;
-            case GET_CONFIG_PAST_256:
-                fe.send(GET_CONFIG, VERSION, le(12 + 16).putInt(250).putInt(16).array());
-                break;
             case MALFORMED_WITHOUT_NEED_REPLY: // no way to report it: the front-end must not believe it worked
                 fe.send(SET_VRING_NUM, VERSION, le(4).array());
                 break;
@@ -185,6 +179,24 @@ class ProtocolErrorTest extends ExportTestBase {
         ok(fe2.queue(0), BlkRequest.write(16, d));
         assertArrayEquals(d, ok(fe2.queue(0), BlkRequest.read(16, 4096)).data());
         assertEquals(2, ex.export.connectionCount());
+    }
+
+    /** GET_CONFIG has its own reply, so a bad request gets a zero-size payload (the spec's failure) and no disconnect. */
+    @ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"size0", "past256"})
+    void badGetConfigGetsAnEmptyReplyAndTheConnectionStays(String kind) throws Exception {
+        open(export());
+        if (kind.equals("size0")) {
+            fe.send(GET_CONFIG, VERSION, le(12).array());
+        } else {
+            fe.send(GET_CONFIG, VERSION, le(12 + 16).putInt(250).putInt(16).array());
+        }
+        VhostUserFrontend.Message reply = fe.receive(T);
+        assertEquals(GET_CONFIG, reply.request());
+        assertEquals(0, reply.payload().length, "failure is a zero-size GET_CONFIG reply");
+        byte[] d = TestExport.pattern(4096, 3);
+        ok(fe.queue(0), BlkRequest.write(16, d));
+        assertArrayEquals(d, ok(fe.queue(0), BlkRequest.read(16, 4096)).data());
     }
 
     enum BadRing {

@@ -74,6 +74,7 @@ public final class MemoryRegion implements AutoCloseable {
         if (Long.compareUnsigned(uaddr + size, uaddr) <= 0) throw new IOException(what + ": uaddr range wraps");
         if (mmapOffset < 0 || mmapOffset + size < 0) throw new IOException(what + ": mmap offset out of range");
         long mapLen = mmapOffset + size;
+        checkMemoryFd(fd, what);
         // A mapping past EOF would SIGBUS on access: check the file really is that long.
         long fileSize;
         try {
@@ -92,6 +93,38 @@ public final class MemoryRegion implements AutoCloseable {
             Libc.munmap(p, mapLen);
             throw e;
         }
+    }
+
+    /** Filesystems whose pages cannot stall us on a remote server or a user-space daemon (FUSE, NFS, ...). */
+    private static final java.util.Set<String> LOCAL_FS = java.util.Set.of("tmpfs", "hugetlbfs", "ramfs", "ext2", "ext3",
+            "ext4", "xfs", "btrfs", "f2fs");
+
+    /**
+     * Refuses guest-RAM fds whose filesystem could block a thread (stat, page faults). Decided only from what the
+     * kernel reports about the fd in /proc (readlink, fdinfo, mountinfo), never by calling into the filesystem.
+     */
+    static void checkMemoryFd(int fd, String what) throws IOException {
+        String target;
+        try {
+            target = Files.readSymbolicLink(Path.of("/proc/self/fd/" + fd)).toString();
+        } catch (IOException | RuntimeException e) {
+            throw new IOException(what + ": fd " + fd + " is not open", e);
+        }
+        if (target.startsWith("/memfd:")) return;
+        String mntId = null;
+        for (String line : Files.readAllLines(Path.of("/proc/self/fdinfo/" + fd))) {
+            if (line.startsWith("mnt_id:")) mntId = line.substring(7).trim();
+        }
+        if (mntId != null) {
+            for (String line : Files.readAllLines(Path.of("/proc/self/mountinfo"))) {
+                int sep = line.indexOf(" - ");
+                if (sep < 0 || !line.startsWith(mntId + " ")) continue;
+                String fstype = line.substring(sep + 3).split(" ", 2)[0];
+                if (LOCAL_FS.contains(fstype)) return;
+                throw new IOException(what + ": guest memory on a " + fstype + " filesystem is refused (" + target + ")");
+            }
+        }
+        throw new IOException(what + ": cannot tell the filesystem of fd " + fd + " (" + target + ")");
     }
 
     public long gpa() {
