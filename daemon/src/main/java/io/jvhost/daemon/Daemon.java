@@ -6,51 +6,121 @@ import io.jvhost.block.BlockException;
 import io.jvhost.block.BlockNodes;
 import io.jvhost.daemon.DaemonConfig.ExportSpec;
 import io.jvhost.daemon.DaemonConfig.IothreadSpec;
+import io.jvhost.daemon.DaemonConfig.MonitorSpec;
+import io.jvhost.daemon.qmp.Json;
+import io.jvhost.daemon.qmp.QmpException;
+import io.jvhost.daemon.qmp.QmpServer;
 import io.jvhost.iothread.AioContext;
 import io.jvhost.vhostuser.BlkExportConfig;
 import io.jvhost.vhostuser.VhostUserBlkExport;
 
+import com.fasterxml.jackson.databind.node.ObjectNode;
+
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.Collection;
 import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.Callable;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.logging.Level;
 import java.util.logging.Logger;
 
 /**
- * Everything one jvhost process serves, built from a {@link DaemonConfig}: the main loop (vhost-user sockets),
- * the iothreads (virtqueues), the block nodes and the exports. {@link #start} returns once every export listens
- * and the pidfile is written; {@link #close} takes it all down in reverse order. Usable in-process (tests) as well
- * as by {@link Main}.
+ * Everything one jvhost process serves, built from a {@link DaemonConfig}: the main loop (vhost-user sockets and
+ * management), the iothreads (virtqueues), the block nodes, the exports and the QMP monitors. {@link #start}
+ * returns once every export and monitor listens and the pidfile is written; {@link #close} takes it all down in
+ * reverse order. Usable in-process (tests) as well as by {@link Main}.
+ *
+ * <p>Management state (nodes, iothreads, exports) has one owner, the main loop {@code jvhost-main}: the command
+ * line is applied by tasks on it and QMP commands run on it, through the same methods ({@link #addIothread},
+ * {@link #addBlockdev}, {@link #addExport}). Work that blocks (stopping an export, which waits for its rings to
+ * drain; ending a thread) runs on a {@code jvhost-mgmt} thread and reports back to the main loop.
  */
 public final class Daemon implements AutoCloseable {
     private static final Logger LOG = Logger.getLogger(Daemon.class.getName());
+    private static final long MAIN_LOOP_TIMEOUT_S = 60;
+    private static final ObjectNode QEMU_VERSION;
+
+    static {
+        // The QEMU release whose qemu-storage-daemon our command set follows; tools compare this number.
+        QEMU_VERSION = Json.object();
+        QEMU_VERSION.put("micro", 0);
+        QEMU_VERSION.put("minor", 2);
+        QEMU_VERSION.put("major", 7);
+    }
 
     private final DaemonConfig cfg;
+    private final Runnable onQuit;
+    private final QmpServer.Limits qmpLimits;
     private AioContext mainLoop;
-    private final Map<String, AioContext> iothreads = new LinkedHashMap<>();   // --object iothread, by id
-    private final List<AioContext> ownIothreads = new ArrayList<>();           // <export>-vq<i>
-    private BlockNodes nodes;
-    private final List<BlockBackend> backends = new ArrayList<>();
-    private final List<VhostUserBlkExport> exports = new ArrayList<>();
+    private ExecutorService mgmt;
+    private volatile QmpServer qmp;      // read by emit() from the main loop
     private boolean pidfileWritten;
     private boolean closed;
 
-    private Daemon(DaemonConfig cfg) {
+    // Owned by the main loop.
+    private BlockNodes nodes;
+    private final Map<String, Map<String, String>> nodeOptions = new LinkedHashMap<>();
+    private final Map<String, Iothread> iothreads = new LinkedHashMap<>();     // --object iothread / object-add
+    private final Map<String, ExportEntry> exports = new LinkedHashMap<>();
+
+    /** A user-created iothread. */
+    record Iothread(IothreadSpec spec, AioContext ctx, long threadId) {}
+
+    /** An export and what was made for it alone. */
+    static final class ExportEntry {
+        final ExportSpec spec;
+        final BlockBackend blk;
+        final VhostUserBlkExport export;
+        final List<AioContext> ownIothreads;     // <export>-vq<q> when no iothread option was given
+        boolean shuttingDown;
+
+        ExportEntry(ExportSpec spec, BlockBackend blk, VhostUserBlkExport export, List<AioContext> ownIothreads) {
+            this.spec = spec;
+            this.blk = blk;
+            this.export = export;
+            this.ownIothreads = ownIothreads;
+        }
+    }
+
+    private Daemon(DaemonConfig cfg, Runnable onQuit, QmpServer.Limits qmpLimits) {
         this.cfg = cfg;
+        this.onQuit = onQuit;
+        this.qmpLimits = qmpLimits;
+    }
+
+    /** {@link #start(DaemonConfig, Runnable)} where QMP {@code quit} only logs. */
+    public static Daemon start(DaemonConfig cfg) throws UsageException {
+        return start(cfg, () -> LOG.warning("quit: nobody to tell"));
     }
 
     /**
      * Builds and starts everything. On failure, whatever was already built is closed again and the error comes
      * back as a {@link UsageException} naming the option it belongs to.
+     *
+     * @param onQuit what QMP {@code quit} does once its reply is written; runs on the QMP thread and must not
+     *               block (Main releases its main thread, which then closes the daemon)
      */
-    public static Daemon start(DaemonConfig cfg) throws UsageException {
-        Daemon d = new Daemon(cfg);
+    public static Daemon start(DaemonConfig cfg, Runnable onQuit) throws UsageException {
+        return start(cfg, onQuit, QmpServer.Limits.DEFAULT);
+    }
+
+    static Daemon start(DaemonConfig cfg, Runnable onQuit, QmpServer.Limits qmpLimits) throws UsageException {
+        Daemon d = new Daemon(cfg, onQuit, qmpLimits);
         try {
             d.build();
             return d;
@@ -62,57 +132,32 @@ public final class Daemon implements AutoCloseable {
 
     private void build() throws UsageException {
         mainLoop = AioContext.newMainLoop("jvhost-main");
-        for (IothreadSpec t : cfg.iothreads()) {
-            iothreads.put(t.id(), AioContext.newIoThread(t.id()));
-        }
+        AtomicInteger n = new AtomicInteger();
+        mgmt = Executors.newCachedThreadPool(r -> {
+            Thread t = new Thread(r, "jvhost-mgmt-" + n.incrementAndGet());
+            t.setDaemon(true);
+            return t;
+        });
+        onMain(() -> nodes = new BlockNodes());
+        for (IothreadSpec t : cfg.iothreads()) onMainDo(() -> addIothread(t));
+        for (Map<String, String> opts : cfg.blockdevs()) onMainDo(() -> addBlockdev(opts));
+        for (ExportSpec spec : cfg.exports()) onMainDo(() -> addExport(spec));
 
-        nodes = new BlockNodes();
-        for (Map<String, String> opts : cfg.blockdevs()) {
-            try {
-                nodes.add(opts);
-            } catch (BlockException e) {
-                throw new UsageException("--blockdev", stripPrefix(e.getMessage(), "blockdev: "));
-            } catch (RuntimeException e) {
-                throw new UsageException("--blockdev", String.valueOf(e.getMessage()));
-            }
-        }
-
-        for (ExportSpec spec : cfg.exports()) {
-            BlockDriverState root = nodes.get(spec.nodeName());
-            if (root == null) {   // Options checked this; only a block layer renaming nodes could get here
-                throw new UsageException("--export", "node '" + spec.nodeName() + "' not found");
-            }
-            List<AioContext> queueThreads = new ArrayList<>(spec.numQueues());
-            for (int q = 0; q < spec.numQueues(); q++) {
-                String id = spec.iothreadOf(q);
-                if (id == null) {
-                    AioContext own = AioContext.newIoThread(spec.ownIothreadName(q));
-                    ownIothreads.add(own);
-                    queueThreads.add(own);
-                } else {
-                    queueThreads.add(iothreads.get(id));
+        if (!cfg.monitors().isEmpty()) {
+            ObjectNode version = Json.object();
+            version.set("qemu", QEMU_VERSION.deepCopy());
+            version.put("package", "jvhost " + Main.version());
+            qmp = new QmpServer(version, QmpCommands.of(this), qmpLimits);
+            for (MonitorSpec m : cfg.monitors()) {
+                String what = "chardev '" + m.chardev() + "'";
+                replaceStaleSocket("--chardev", what, m.socketPath());
+                try {
+                    qmp.listen(m.chardev(), m.socketPath());
+                } catch (IOException e) {
+                    throw new UsageException("--chardev", what + ": cannot listen on " + m.socketPath() + ": " + e.getMessage());
                 }
+                LOG.info("QMP monitor on chardev " + m.chardev() + ", listening on " + m.socketPath());
             }
-            if (spec.socketPath() != null) checkSocketPath(spec);
-            VhostUserBlkExport export;
-            try {
-                BlockBackend blk = new BlockBackend(root, spec.writable());
-                backends.add(blk);
-                BlkExportConfig ec = new BlkExportConfig(spec.id(), spec.socketPath(), spec.listenFd(),
-                        spec.numQueues(), spec.logicalBlockSize(), spec.writable(), spec.serial());
-                export = new VhostUserBlkExport(ec, blk, mainLoop, queueThreads);
-            } catch (IllegalArgumentException e) {
-                throw new UsageException("--export", e.getMessage());
-            }
-            exports.add(export);   // before start(): close() also cleans up a half-started export
-            try {
-                export.start();
-            } catch (IOException | RuntimeException e) {
-                throw new UsageException("--export", "export '" + spec.id() + "': cannot listen on "
-                        + spec.address() + ": " + e.getMessage());
-            }
-            LOG.info("export " + spec.id() + ": node '" + spec.nodeName() + "'" + (spec.writable() ? " writable" : " read-only")
-                    + ", " + spec.numQueues() + " queue(s), listening on " + spec.address());
         }
 
         if (cfg.pidfile() != null) {
@@ -125,23 +170,255 @@ public final class Daemon implements AutoCloseable {
         }
     }
 
+    /** Runs {@code c} on the main loop and waits; its UsageException or RuntimeException comes back as is. */
+    private <T> T onMain(Callable<T> c) throws UsageException {
+        try {
+            return mainLoop.call(c, MAIN_LOOP_TIMEOUT_S, TimeUnit.SECONDS);
+        } catch (ExecutionException e) {
+            Throwable t = e.getCause();
+            if (t instanceof UsageException u) throw u;
+            if (t instanceof RuntimeException r) throw r;
+            if (t instanceof Error er) throw er;
+            throw new IllegalStateException(t);
+        } catch (TimeoutException e) {
+            throw new IllegalStateException("the main loop did not answer within " + MAIN_LOOP_TIMEOUT_S + " s", e);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IllegalStateException("interrupted", e);
+        }
+    }
+
+    private interface MainTask {
+        void run() throws UsageException;
+    }
+
+    private void onMainDo(MainTask t) throws UsageException {
+        onMain(() -> {
+            t.run();
+            return null;
+        });
+    }
+
+    private void assertMain(String what) {
+        mainLoop.assertInContextThread(what);
+    }
+
+    // ------------------------------------------------------------------------------------------------------------
+    // Management operations: main loop only. Shared by the command line and QMP.
+
+    /** {@code --object iothread} / object-add. */
+    void addIothread(IothreadSpec spec) throws UsageException {
+        assertMain("addIothread");
+        if (iothreads.containsKey(spec.id())) throw new UsageException("--object", "id '" + spec.id() + "' is already in use");
+        AioContext ctx = AioContext.newIoThread(spec.id());
+        long tid;
+        try {
+            tid = ctx.call(Daemon::nativeThreadId, 10, TimeUnit.SECONDS);
+        } catch (Exception e) {
+            tid = -1;
+        }
+        iothreads.put(spec.id(), new Iothread(spec, ctx, tid));
+        LOG.fine("iothread " + spec.id() + " started (thread-id " + tid + ")");
+    }
+
+    /** The calling thread's kernel thread id (what QEMU reports as thread-id), -1 if unknown. */
+    private static long nativeThreadId() {
+        try {
+            // "/proc/thread-self" -> "<pid>/task/<tid>"
+            String link = Files.readSymbolicLink(Path.of("/proc/thread-self")).toString();
+            return Long.parseLong(link.substring(link.lastIndexOf('/') + 1));
+        } catch (IOException | RuntimeException e) {
+            return -1;
+        }
+    }
+
+    /** {@code --blockdev} / blockdev-add: flat dotted keys, "driver" included. */
+    void addBlockdev(Map<String, String> opts) throws UsageException {
+        assertMain("addBlockdev");
+        try {
+            nodes.add(opts);
+        } catch (BlockException e) {
+            throw new UsageException("--blockdev", stripPrefix(e.getMessage(), "blockdev: "));
+        } catch (RuntimeException e) {
+            throw new UsageException("--blockdev", String.valueOf(e.getMessage()));
+        }
+        nodeOptions.put(opts.get("node-name"), Collections.unmodifiableMap(new LinkedHashMap<>(opts)));
+    }
+
+    /** {@code --export} / block-export-add: checks the export against what exists, then starts it. */
+    void addExport(ExportSpec spec) throws UsageException {
+        assertMain("addExport");
+        Options.checkExport(spec, state());
+        BlockDriverState root = nodes.get(spec.nodeName());
+        List<AioContext> own = new ArrayList<>();
+        BlockBackend blk = null;
+        VhostUserBlkExport export = null;
+        try {
+            List<AioContext> queueThreads = new ArrayList<>(spec.numQueues());
+            for (int q = 0; q < spec.numQueues(); q++) {
+                String id = spec.iothreadOf(q);
+                if (id == null) {
+                    AioContext ctx = AioContext.newIoThread(spec.ownIothreadName(q));
+                    own.add(ctx);
+                    queueThreads.add(ctx);
+                } else {
+                    queueThreads.add(iothreads.get(id).ctx());
+                }
+            }
+            if (spec.socketPath() != null) replaceStaleSocket("--export", "export '" + spec.id() + "'", spec.socketPath());
+            try {
+                blk = new BlockBackend(root, spec.writable());
+                BlkExportConfig ec = new BlkExportConfig(spec.id(), spec.socketPath(), spec.listenFd(),
+                        spec.numQueues(), spec.logicalBlockSize(), spec.writable(), spec.serial());
+                export = new VhostUserBlkExport(ec, blk, mainLoop, queueThreads);
+            } catch (IllegalArgumentException e) {
+                throw new UsageException("--export", e.getMessage());
+            }
+            try {
+                export.start();
+            } catch (IOException | RuntimeException e) {
+                throw new UsageException("--export", "export '" + spec.id() + "': cannot listen on "
+                        + spec.address() + ": " + e.getMessage());
+            }
+        } catch (UsageException | RuntimeException | Error e) {
+            // Undo this export only. It never accepted a front-end, so closing it here does not wait for one.
+            if (export != null) quietly("export " + spec.id(), export::close);
+            if (blk != null) quietly("backend", blk::close);
+            for (AioContext t : own) quietly(t.name(), t::close);
+            throw e;
+        }
+        exports.put(spec.id(), new ExportEntry(spec, blk, export, own));
+        LOG.info("export " + spec.id() + ": node '" + spec.nodeName() + "'" + (spec.writable() ? " writable" : " read-only")
+                + ", " + spec.numQueues() + " queue(s), listening on " + spec.address());
+    }
+
     /**
-     * Refuses a path that exists and is not a socket before the export is created: the export replaces stale
-     * sockets, and its close() (also run after a failed start) unlinks whatever is at its path.
+     * block-export-del: marks the export as shutting down and returns; a management thread then stops its rings
+     * (requests taken from them complete first), disconnects its front-end and closes its socket, and the main
+     * loop finally forgets it and emits BLOCK_EXPORT_DELETED. QEMU's vhost-user-blk server holds no export
+     * reference for a connected front-end, so mode 'safe' disconnects it like 'hard'.
      */
-    private static void checkSocketPath(ExportSpec spec) throws UsageException {
-        Path p = Path.of(spec.socketPath());
-        if (!Files.exists(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)) return;
+    void deleteExport(String id) throws QmpException {
+        assertMain("deleteExport");
+        ExportEntry e = exports.get(id);
+        if (e == null) throw new QmpException("Export '" + id + "' is not found");
+        if (e.shuttingDown) throw new QmpException("Export '" + id + "' is already shutting down");
+        e.shuttingDown = true;
+        LOG.info("export " + id + ": deleting (draining its rings, disconnecting its front-end)");
+        try {
+            mgmt.execute(() -> {
+                teardown(e);
+                try {
+                    mainLoop.execute(() -> {
+                        exports.remove(id, e);
+                        LOG.info("export " + id + ": deleted");
+                        ObjectNode data = Json.object();
+                        data.put("id", id);
+                        emit("BLOCK_EXPORT_DELETED", data);
+                    });
+                } catch (RejectedExecutionException ex) {
+                    // the daemon is closing: nobody to tell
+                }
+            });
+        } catch (RejectedExecutionException ex) {
+            // the daemon is closing: close() takes the export down
+        }
+    }
+
+    /** Blocking: off the main loop. */
+    private static void teardown(ExportEntry e) {
+        quietly("export " + e.spec.id(), e.export::close);
+        quietly("backend of " + e.spec.id(), e.blk::close);
+        for (AioContext t : e.ownIothreads) quietly(t.name(), t::close);
+    }
+
+    /** object-del of an iothread; completes once its thread has ended. */
+    CompletableFuture<Void> deleteIothread(String id) throws QmpException {
+        assertMain("deleteIothread");
+        Iothread t = iothreads.get(id);
+        if (t == null) throw new QmpException("object '" + id + "' not found");
+        for (ExportEntry e : exports.values()) {
+            if (e.spec.iothreads().contains(id)) throw new QmpException("object '" + id + "' is in use, can not be deleted");
+        }
+        iothreads.remove(id);
+        return CompletableFuture.runAsync(() -> quietly(t.ctx().name(), t.ctx()::close), mgmt);
+    }
+
+    /** The state a new export is checked against (main loop). */
+    private Options.State state() {
+        return new Options.State() {
+            @Override
+            public Boolean nodeReadOnly(String node) {
+                BlockDriverState bs = nodes.get(node);
+                return bs == null ? null : bs.isReadOnly();
+            }
+
+            @Override
+            public boolean hasIothread(String id) {
+                return iothreads.containsKey(id);
+            }
+
+            @Override
+            public Collection<ExportSpec> exports() {
+                // Exports shutting down still hold their socket and their node.
+                return exports.values().stream().map(e -> e.spec).toList();
+            }
+
+            @Override
+            public Collection<MonitorSpec> monitors() {
+                return cfg.monitors();
+            }
+        };
+    }
+
+    // Read access for QmpCommands (main loop).
+    BlockNodes nodes() {
+        return nodes;
+    }
+
+    Map<String, String> nodeOptions(String nodeName) {
+        return nodeOptions.getOrDefault(nodeName, Map.of());
+    }
+
+    Collection<Iothread> iothreadList() {
+        return iothreads.values();
+    }
+
+    Collection<ExportEntry> exportList() {
+        return exports.values();
+    }
+
+    void quit() {
+        LOG.info("QMP quit: shutting down");
+        onQuit.run();
+    }
+
+    void emit(String event, ObjectNode data) {
+        QmpServer q = qmp;
+        if (q != null) q.emit(event, data);
+    }
+
+    // ------------------------------------------------------------------------------------------------------------
+
+    /**
+     * Refuses a path that exists and is not a socket; removes a stale socket (of an earlier run). For exports this
+     * is also checked before the export is created: its close() (also run after a failed start) unlinks its path.
+     */
+    private static void replaceStaleSocket(String option, String what, String socketPath) throws UsageException {
+        Path p = Path.of(socketPath);
+        if (!Files.exists(p, LinkOption.NOFOLLOW_LINKS)) return;
         boolean socket;
         try {
-            int mode = (Integer) Files.getAttribute(p, "unix:mode", java.nio.file.LinkOption.NOFOLLOW_LINKS);
+            int mode = (Integer) Files.getAttribute(p, "unix:mode", LinkOption.NOFOLLOW_LINKS);
             socket = (mode & 0170000) == 0140000;
         } catch (IOException | UnsupportedOperationException e) {
             socket = false;
         }
-        if (!socket) {
-            throw new UsageException("--export", "export '" + spec.id() + "': " + spec.socketPath()
-                    + " exists and is not a socket");
+        if (!socket) throw new UsageException(option, what + ": " + socketPath + " exists and is not a socket");
+        try {
+            Files.deleteIfExists(p);
+        } catch (IOException e) {
+            throw new UsageException(option, what + ": cannot replace the stale socket " + socketPath + ": " + e.getMessage());
         }
     }
 
@@ -168,27 +445,76 @@ public final class Daemon implements AutoCloseable {
         return cfg;
     }
 
-    /** The started exports, in command-line order. */
+    /** The main loop ({@code jvhost-main}): owner of the management state. */
+    public AioContext mainLoop() {
+        return mainLoop;
+    }
+
+    /** The QMP server, or null when no --monitor was given. */
+    public QmpServer qmp() {
+        return qmp;
+    }
+
+    /** The exports now (including those shutting down), in the order they were added. */
     public List<VhostUserBlkExport> exports() {
-        return Collections.unmodifiableList(exports);
+        try {
+            return onMain(() -> exports.values().stream().map(e -> e.export).toList());
+        } catch (UsageException e) {
+            throw new IllegalStateException(e);
+        }
     }
 
     /**
-     * Stops the exports (rings drain, front-ends are disconnected, sockets unlinked), detaches and closes the
-     * block nodes, stops the iothreads and the main loop, and removes the pidfile. Idempotent; never throws.
+     * Stops the monitors, then the exports (rings drain, front-ends are disconnected, sockets unlinked), detaches
+     * and closes the block nodes, stops the iothreads and the main loop, and removes the pidfile. Idempotent;
+     * never throws.
      */
     @Override
-    public synchronized void close() {
-        if (closed) return;
-        closed = true;
-        for (int i = exports.size() - 1; i >= 0; i--) {
-            VhostUserBlkExport e = exports.get(i);
-            quietly("export " + e.config().id(), e::close);
+    public void close() {
+        synchronized (this) {
+            if (closed) return;
+            closed = true;
         }
-        for (BlockBackend b : backends) quietly("backend " + b, b::close);
-        if (nodes != null) quietly("block nodes", nodes::close);
-        for (AioContext t : ownIothreads) quietly(t.name(), t::close);
-        for (AioContext t : iothreads.values()) quietly(t.name(), t::close);
+        // No new commands; a command already handed to the main loop runs before the snapshot below.
+        if (qmp != null) quietly("QMP server", qmp::close);
+        List<ExportEntry> ex = List.of();
+        List<Iothread> its = List.of();
+        BlockNodes ns = null;
+        if (mainLoop != null) {
+            try {
+                Object[] snap = mainLoop.call(() -> new Object[] {
+                        new ArrayList<>(exports.values()), new ArrayList<>(iothreads.values()), nodes}, 30, TimeUnit.SECONDS);
+                @SuppressWarnings("unchecked") List<ExportEntry> e0 = (List<ExportEntry>) snap[0];
+                @SuppressWarnings("unchecked") List<Iothread> i0 = (List<Iothread>) snap[1];
+                ex = e0;
+                its = i0;
+                ns = (BlockNodes) snap[2];
+            } catch (Exception e) {
+                LOG.log(Level.WARNING, "the main loop did not hand over its state; closing what is known", e);
+                ex = new ArrayList<>(exports.values());
+                its = new ArrayList<>(iothreads.values());
+                ns = nodes;
+            }
+        }
+        // An export being deleted is closed again here: close() is idempotent and waits for the first one.
+        for (int i = ex.size() - 1; i >= 0; i--) {
+            ExportEntry e = ex.get(i);
+            quietly("export " + e.spec.id(), e.export::close);
+        }
+        for (ExportEntry e : ex) quietly("backend of " + e.spec.id(), e.blk::close);
+        if (ns != null) quietly("block nodes", ns::close);
+        for (ExportEntry e : ex) {
+            for (AioContext t : e.ownIothreads) quietly(t.name(), t::close);
+        }
+        for (Iothread t : its) quietly(t.ctx().name(), t.ctx()::close);
+        if (mgmt != null) {
+            mgmt.shutdown();
+            try {
+                if (!mgmt.awaitTermination(MAIN_LOOP_TIMEOUT_S, TimeUnit.SECONDS)) LOG.warning("management work still running");
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+        }
         if (mainLoop != null) quietly(mainLoop.name(), mainLoop::close);
         if (pidfileWritten) {
             quietly("pidfile", () -> {

@@ -14,6 +14,7 @@ public record DaemonConfig(
         List<Map<String, String>> blockdevs,    // in command-line order, flat dotted keys, "driver" included
         List<IothreadSpec> iothreads,
         List<ExportSpec> exports,
+        List<MonitorSpec> monitors,              // QMP monitors (--chardev + --monitor)
         Path pidfile,                            // null: none
         DemoSpec demo) {                         // null: not --demo
 
@@ -21,16 +22,27 @@ public record DaemonConfig(
         blockdevs = List.copyOf(blockdevs);
         iothreads = List.copyOf(iothreads);
         exports = List.copyOf(exports);
+        monitors = List.copyOf(monitors);
     }
 
     public enum Action { RUN, HELP, VERSION }
 
     static DaemonConfig of(Action action) {
-        return new DaemonConfig(action, List.of(), List.of(), List.of(), null, null);
+        return new DaemonConfig(action, List.of(), List.of(), List.of(), List.of(), null, null);
     }
 
-    /** {@code --object iothread,id=ID[,poll-max-ns=N]}: the polling knobs are accepted for compatibility only. */
-    public record IothreadSpec(String id) {}
+    /**
+     * {@code --object iothread,id=ID[,poll-max-ns=N]...} or QMP object-add: the polling knobs are accepted for
+     * compatibility and reported by query-iothreads; jvhost's event loops do not poll.
+     */
+    public record IothreadSpec(String id, long pollMaxNs, long pollGrow, long pollShrink, long aioMaxBatch) {
+        public IothreadSpec(String id) {
+            this(id, 0, 0, 0, 0);
+        }
+    }
+
+    /** {@code --chardev socket,id=C,path=P,server=on,wait=off --monitor chardev=C}: a QMP monitor socket. */
+    public record MonitorSpec(String chardev, String socketPath) {}
 
     /** {@code --export type=vhost-user-blk,...}. */
     public record ExportSpec(

@@ -96,6 +96,21 @@ public final class KeyValue {
         return new KeyValue(values, inner);
     }
 
+    /**
+     * The same structure from keys and values that are already split, e.g. QMP arguments flattened by the QAPI
+     * check ({@code addr.path}, {@code iothread.0}); keys are checked and canonicalised as in {@link #parse}.
+     */
+    public static KeyValue of(Map<String, String> flat) throws KeyValueException {
+        Map<String, String> values = new LinkedHashMap<>();
+        Map<String, Inner> inner = new LinkedHashMap<>();
+        inner.put("", new Inner(false));
+        for (Map.Entry<String, String> e : flat.entrySet()) {
+            put(values, inner, canonicalKey(e.getKey()), e.getValue());
+        }
+        checkLists(inner);
+        return new KeyValue(values, inner);
+    }
+
     private static String canonicalKey(String key) throws KeyValueException {
         if (key.length() > MAX_KEY_LENGTH) {
             throw new KeyValueException("parameter '" + key + "' is too long");

@@ -23,8 +23,8 @@ import java.util.logging.Logger;
 
 /**
  * {@code jvhost}: the process. The main thread parses the command line, builds everything ({@link Daemon}),
- * prints the readiness lines and then only waits for SIGTERM/SIGINT; the exports run on the main loop and
- * iothreads.
+ * prints the readiness lines and then only waits for SIGTERM/SIGINT or QMP quit; the exports run on the main loop
+ * and iothreads, the QMP monitors on their own loop.
  */
 public final class Main {
     /** One line per record; the logger is shortened to its class name. */
@@ -113,7 +113,7 @@ public final class Main {
 
         Daemon daemon;
         try {
-            daemon = Daemon.start(cfg);
+            daemon = Daemon.start(cfg, shutdown::quit);
         } catch (UsageException e) {
             err.println("jvhost: " + e.getMessage());
             return 1;
@@ -128,10 +128,14 @@ public final class Main {
                 out.println("jvhost: export " + e.id() + " listening on " + e.address() + " (" + e.numQueues()
                         + (e.numQueues() == 1 ? " queue)" : " queues)"));
             }
+            for (DaemonConfig.MonitorSpec m : cfg.monitors()) {
+                out.println("jvhost: QMP monitor " + m.chardev() + " listening on " + m.socketPath());
+            }
             if (cfg.demo() != null) out.print(demoInstructions(cfg.demo()));
             out.flush();
             shutdown.await();
-            LOG.info("received SIG" + shutdown.signal() + ", shutting down");
+            LOG.info(shutdown.signal() == null ? "quit requested over QMP, shutting down"
+                    : "received SIG" + shutdown.signal() + ", shutting down");
         } finally {
             daemon.close();
         }
@@ -249,6 +253,11 @@ public final class Main {
                 }
             }
             Runtime.getRuntime().halt(1);
+        }
+
+        /** QMP quit: like the first signal (status 0); a signal during that shutdown still exits at once. */
+        void quit() {
+            if (count.getAndIncrement() == 0) requested.countDown();
         }
 
         void await() {

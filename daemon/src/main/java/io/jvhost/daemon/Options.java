@@ -4,11 +4,12 @@ import io.jvhost.daemon.DaemonConfig.Action;
 import io.jvhost.daemon.DaemonConfig.DemoSpec;
 import io.jvhost.daemon.DaemonConfig.ExportSpec;
 import io.jvhost.daemon.DaemonConfig.IothreadSpec;
+import io.jvhost.daemon.DaemonConfig.MonitorSpec;
 
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.HashMap;
+import java.util.Collection;
 import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -73,9 +74,20 @@ public final class Options {
                 "                                  (default: a new iothread per queue, '<export-id>-vq<q>')",
                 "           serial=<string>        the disk's serial number, at most 20 bytes",
                 "                                  (default: jvhost)",
+                "           writethrough=off       accepted for compatibility (on is not supported yet)",
+                "           fixed-iothread=on|off  accepted for compatibility: queues always run in the",
+                "                                  iothreads given",
                 "",
-                "  --pidfile <path>       write the process ID to <path> once every export listens;",
-                "                         the file is removed at exit",
+                "  --chardev socket,id=<id>,path=<socket-path>,server=on[,wait=off]",
+                "                         a UNIX domain socket for a QMP monitor (created with mode 0600,",
+                "                         a stale socket file is replaced); jvhost never waits for a client",
+                "  --monitor [chardev=]<id>[,mode=control][,pretty=off]",
+                "                         serve QMP (the QEMU Machine Protocol: JSON commands and events,",
+                "                         e.g. block-export-add, query-block-exports, quit) on chardev <id>,",
+                "                         one client at a time; any number of monitors may be given",
+                "",
+                "  --pidfile <path>       write the process ID to <path> once every export and monitor",
+                "                         listens; the file is removed at exit",
                 "",
                 "  --demo [<dir>]         try it out: create (if absent) a sparse 1 GiB image " + DEMO_IMAGE_NAME,
                 "                         in <dir> (default: the current directory), export it writable",
@@ -85,8 +97,9 @@ public final class Options {
                 "",
                 "Any number of --blockdev, --object and --export options may be given. A block node may be",
                 "exported writable by one export only. Readiness: one line per export on stdout,",
-                "'jvhost: export <id> listening on <address> (<n> queues)'. SIGTERM and SIGINT stop all",
-                "exports and exit with status 0; a second signal exits at once with status 1.",
+                "'jvhost: export <id> listening on <address> (<n> queues)', and one per monitor,",
+                "'jvhost: QMP monitor <chardev-id> listening on <path>'. SIGTERM, SIGINT and the QMP command",
+                "quit stop all exports and exit with status 0; a second signal exits at once with status 1.",
                 "Bad options print one line on stderr and exit with status 1.",
                 "",
                 "Environment: JVHOST_JAVA_OPTS adds JVM options (bin/jvhost);",
@@ -99,6 +112,8 @@ public final class Options {
         List<Map<String, String>> blockdevs = new ArrayList<>();
         List<IothreadSpec> iothreads = new ArrayList<>();
         List<ExportSpec> exports = new ArrayList<>();
+        Map<String, String> chardevs = new LinkedHashMap<>();     // id -> socket path
+        List<String[]> monitorRequests = new ArrayList<>();       // {chardev id}
         Map<String, Boolean> nodeReadOnly = new LinkedHashMap<>();
         Path pidfile = null;
         DemoSpec demo = null;
@@ -138,6 +153,17 @@ public final class Options {
                     String v = inline != null ? inline : requireArg(args, ++i, name);
                     exports.add(parseExport(v));
                 }
+                case "--chardev" -> {
+                    String v = inline != null ? inline : requireArg(args, ++i, name);
+                    String[] c = parseChardev(v);
+                    if (chardevs.putIfAbsent(c[0], c[1]) != null) {
+                        throw new UsageException(name, "id '" + c[0] + "' is already in use");
+                    }
+                }
+                case "--monitor" -> {
+                    String v = inline != null ? inline : requireArg(args, ++i, name);
+                    monitorRequests.add(new String[] {parseMonitor(v)});
+                }
                 case "--pidfile" -> {
                     String v = inline != null ? inline : requireArg(args, ++i, name);
                     if (v.isEmpty()) throw new UsageException(name, "empty path");
@@ -167,11 +193,12 @@ public final class Options {
             }
         }
 
-        crossCheck(iothreads, exports, nodeReadOnly);
-        if (exports.isEmpty()) {
-            throw new UsageException(null, "nothing to do: give at least one --export (or --demo); see --help");
+        List<MonitorSpec> monitors = monitors(chardevs, monitorRequests);
+        crossCheck(iothreads, exports, monitors, nodeReadOnly);
+        if (exports.isEmpty() && monitors.isEmpty()) {
+            throw new UsageException(null, "nothing to do: give at least one --export or --monitor (or --demo); see --help");
         }
-        return new DaemonConfig(Action.RUN, blockdevs, iothreads, exports, pidfile, demo);
+        return new DaemonConfig(Action.RUN, blockdevs, iothreads, exports, monitors, pidfile, demo);
     }
 
     private static String requireArg(String[] args, int i, String name) throws UsageException {
@@ -206,31 +233,57 @@ public final class Options {
     }
 
     private static IothreadSpec parseObject(String text) throws UsageException {
+        return objectSpec(keyval("--object", text, "qom-type"));
+    }
+
+    /**
+     * {@code --object} and QMP {@code object-add}: an iothread. The polling knobs are checked and kept for
+     * query-iothreads; jvhost's loops do not poll.
+     */
+    static IothreadSpec objectSpec(KeyValue kv) throws UsageException {
         String opt = "--object";
-        Params p = new Params(opt, keyval(opt, text, "qom-type"));
+        Params p = new Params(opt, kv);
         String type = p.take("qom-type");
         if (type == null) throw new UsageException(opt, "parameter 'qom-type' is missing");
-        if (!type.equals("iothread")) {
-            throw new UsageException(opt, "object type '" + type + "' is not supported (only 'iothread')");
-        }
+        if (!type.equals("iothread")) throw new UsageException(opt, unsupportedObjectType(type));
         String id = p.required("id");
         checkId(opt, id);
-        for (String ignored : new String[] {"poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch"}) {
-            String v = p.take(ignored);
-            if (v != null) parseUnsigned(opt, ignored, v, Long.MAX_VALUE);
+        long[] knobs = new long[4];
+        String[] names = {"poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch"};
+        for (int i = 0; i < names.length; i++) {
+            String v = p.take(names[i]);
+            if (v != null) knobs[i] = parseUnsigned(opt, names[i], v, Long.MAX_VALUE);
         }
         p.finish();
-        return new IothreadSpec(id);
+        return new IothreadSpec(id, knobs[0], knobs[1], knobs[2], knobs[3]);
+    }
+
+    static String unsupportedObjectType(String type) {
+        return "object type '" + type + "' is not supported (only 'iothread')";
+    }
+
+    static String unsupportedExportType(String type) {
+        return "export type '" + type + "' is not supported (only 'vhost-user-blk')";
+    }
+
+    static String unsupportedAddressType(String type) {
+        return "addr.type '" + type + "' is not supported (only 'unix' and 'fd')";
     }
 
     private static ExportSpec parseExport(String text) throws UsageException {
+        return exportSpec(keyval("--export", text, "type"));
+    }
+
+    /**
+     * {@code --export} and QMP {@code block-export-add}: one export, checked on its own. What it refers to (node,
+     * iothreads, other exports) is checked by {@link #checkExport}.
+     */
+    static ExportSpec exportSpec(KeyValue kv) throws UsageException {
         String opt = "--export";
-        Params p = new Params(opt, keyval(opt, text, "type"));
+        Params p = new Params(opt, kv);
         String type = p.take("type");
         if (type == null) throw new UsageException(opt, "parameter 'type' is missing");
-        if (!type.equals("vhost-user-blk")) {
-            throw new UsageException(opt, "export type '" + type + "' is not supported (only 'vhost-user-blk')");
-        }
+        if (!type.equals("vhost-user-blk")) throw new UsageException(opt, unsupportedExportType(type));
         String id = p.required("id");
         checkId(opt, id);
         String node = p.required("node-name");
@@ -241,18 +294,13 @@ public final class Options {
         switch (addrType) {
             case "unix" -> {
                 socketPath = p.required("addr.path");
-                if (socketPath.isEmpty()) throw new UsageException(opt, "parameter 'addr.path' is empty");
-                int bytes = socketPath.getBytes(StandardCharsets.UTF_8).length;
-                if (bytes > MAX_SOCKET_PATH_BYTES) {
-                    throw new UsageException(opt, "socket path is " + bytes + " bytes long, the limit is "
-                            + MAX_SOCKET_PATH_BYTES + ": '" + socketPath + "'");
-                }
+                checkSocketPath(opt, "addr.path", socketPath);
             }
             case "fd" -> {
                 String s = p.required("addr.str");
                 fd = (int) parseUnsigned(opt, "addr.str", s, Integer.MAX_VALUE);
             }
-            default -> throw new UsageException(opt, "addr.type '" + addrType + "' is not supported (only 'unix' and 'fd')");
+            default -> throw new UsageException(opt, unsupportedAddressType(addrType));
         }
 
         String w = p.take("writable");
@@ -283,6 +331,15 @@ public final class Options {
             if (t != null) threads.add(t);
         }
 
+        String wt = p.take("writethrough");
+        if (wt != null && parseBool(opt, "writethrough", wt)) {
+            // The device applies the guest's write cache setting per connection; a fixed writethrough mode
+            // needs the device to start with its cache off (a vhost-user hook).
+            throw new UsageException(opt, "writethrough=on is not supported yet");
+        }
+        String fixed = p.take("fixed-iothread");
+        if (fixed != null) parseBool(opt, "fixed-iothread", fixed);   // queues never move, so both hold
+
         String serial = p.take("serial");
         if (serial != null) {
             if (serial.getBytes(StandardCharsets.UTF_8).length > MAX_SERIAL_BYTES) {
@@ -293,34 +350,168 @@ public final class Options {
         return new ExportSpec(id, node, socketPath, fd, numQueues, blockSize, writable, serial, threads);
     }
 
-    private static void crossCheck(List<IothreadSpec> iothreads, List<ExportSpec> exports,
-                                   Map<String, Boolean> nodeReadOnly) throws UsageException {
+    /** What a new export is checked against: the nodes, iothreads, exports and monitors that exist (or will). */
+    interface State {
+        /** Whether the node is read-only; null when there is no such node. */
+        Boolean nodeReadOnly(String node);
+
+        boolean hasIothread(String id);
+
+        Collection<ExportSpec> exports();
+
+        Collection<MonitorSpec> monitors();
+    }
+
+    /** The checks of one export against the others, shared by the command line and QMP block-export-add. */
+    static void checkExport(ExportSpec e, State s) throws UsageException {
         String opt = "--export";
-        Set<String> iothreadIds = new HashSet<>();
-        for (IothreadSpec t : iothreads) iothreadIds.add(t.id());
-        Map<String, ExportSpec> byId = new HashMap<>();
-        Map<String, ExportSpec> writer = new HashMap<>();
-        Map<String, ExportSpec> byAddress = new HashMap<>();
-        for (ExportSpec e : exports) {
-            if (byId.putIfAbsent(e.id(), e) != null) {
-                throw new UsageException(opt, "export id '" + e.id() + "' is already in use");
-            }
-            Boolean readOnly = nodeReadOnly.get(e.nodeName());
-            if (readOnly == null) throw new UsageException(opt, "node '" + e.nodeName() + "' not found");
-            for (String t : e.iothreads()) {
-                if (!iothreadIds.contains(t)) throw new UsageException(opt, "iothread '" + t + "' not found");
-            }
-            if (e.writable()) {
-                if (readOnly) throw new UsageException(opt, "node '" + e.nodeName() + "' is read-only, it cannot be exported writable");
-                ExportSpec other = writer.putIfAbsent(e.nodeName(), e);
-                if (other != null) {
+        for (ExportSpec other : s.exports()) {
+            if (other.id().equals(e.id())) throw new UsageException(opt, "export id '" + e.id() + "' is already in use");
+        }
+        Boolean readOnly = s.nodeReadOnly(e.nodeName());
+        if (readOnly == null) throw new UsageException(opt, "node '" + e.nodeName() + "' not found");
+        for (String t : e.iothreads()) {
+            if (!s.hasIothread(t)) throw new UsageException(opt, "iothread '" + t + "' not found");
+        }
+        if (e.writable()) {
+            if (readOnly) throw new UsageException(opt, "node '" + e.nodeName() + "' is read-only, it cannot be exported writable");
+            for (ExportSpec other : s.exports()) {
+                if (other.writable() && other.nodeName().equals(e.nodeName())) {
                     throw new UsageException(opt, "node '" + e.nodeName() + "' is already exported writable by '" + other.id() + "'");
                 }
             }
-            ExportSpec other = byAddress.putIfAbsent(e.address(), e);
-            if (other != null) {
+        }
+        String where = addressKey(e);
+        for (ExportSpec other : s.exports()) {
+            if (addressKey(other).equals(where)) {
                 throw new UsageException(opt, "export '" + e.id() + "' listens on " + e.address() + " like export '" + other.id() + "'");
             }
+        }
+        if (e.socketPath() != null) {
+            for (MonitorSpec m : s.monitors()) {
+                if (normalPath(m.socketPath()).equals(where)) {
+                    throw new UsageException(opt, "export '" + e.id() + "' listens on " + e.address()
+                            + " like QMP monitor '" + m.chardev() + "'");
+                }
+            }
+        }
+    }
+
+    /** The same socket whatever the spelling (relative, "//", "/./"). */
+    private static String addressKey(ExportSpec e) {
+        return e.socketPath() != null ? normalPath(e.socketPath()) : "fd " + e.listenFd();
+    }
+
+    static String normalPath(String p) {
+        return Path.of(p).toAbsolutePath().normalize().toString();
+    }
+
+    private static void crossCheck(List<IothreadSpec> iothreads, List<ExportSpec> exports, List<MonitorSpec> monitors,
+                                   Map<String, Boolean> nodeReadOnly) throws UsageException {
+        Set<String> iothreadIds = new HashSet<>();
+        for (IothreadSpec t : iothreads) iothreadIds.add(t.id());
+        List<ExportSpec> before = new ArrayList<>();
+        State s = new State() {
+            @Override
+            public Boolean nodeReadOnly(String node) {
+                return nodeReadOnly.get(node);
+            }
+
+            @Override
+            public boolean hasIothread(String id) {
+                return iothreadIds.contains(id);
+            }
+
+            @Override
+            public Collection<ExportSpec> exports() {
+                return before;
+            }
+
+            @Override
+            public Collection<MonitorSpec> monitors() {
+                return monitors;
+            }
+        };
+        // Each export against those before it: the first of two clashing ones is the one named as taken.
+        for (ExportSpec e : exports) {
+            checkExport(e, s);
+            before.add(e);
+        }
+    }
+
+    /** {@code --chardev socket,id=C,path=P,server=on,wait=off}: returns {id, path}. */
+    private static String[] parseChardev(String text) throws UsageException {
+        String opt = "--chardev";
+        Params p = new Params(opt, keyval(opt, text, "backend"));
+        String backend = p.take("backend");
+        if (backend == null) throw new UsageException(opt, "parameter 'backend' is missing");
+        if (!backend.equals("socket")) {
+            throw new UsageException(opt, "chardev backend '" + backend + "' is not supported (only 'socket')");
+        }
+        String id = p.required("id");
+        checkId(opt, id);
+        String path = p.required("path");
+        checkSocketPath(opt, "path", path);
+        String server = p.take("server");
+        if (server == null || !parseBool(opt, "server", server)) {
+            throw new UsageException(opt, "only server=on is supported (jvhost listens for QMP clients)");
+        }
+        String wait = p.take("wait");
+        if (wait != null && parseBool(opt, "wait", wait)) {
+            throw new UsageException(opt, "wait=on is not supported (jvhost does not wait for a client); use wait=off");
+        }
+        p.finish();
+        return new String[] {id, path};
+    }
+
+    /** {@code --monitor [chardev=]C[,mode=control][,pretty=off][,id=...]}: returns the chardev id. */
+    private static String parseMonitor(String text) throws UsageException {
+        String opt = "--monitor";
+        Params p = new Params(opt, keyval(opt, text, "chardev"));
+        String chardev = p.required("chardev");
+        String mode = p.take("mode");
+        if (mode != null && !mode.equals("control")) {
+            throw new UsageException(opt, "mode '" + mode + "' is not supported (only 'control', i.e. QMP)");
+        }
+        String pretty = p.take("pretty");
+        if (pretty != null && parseBool(opt, "pretty", pretty)) throw new UsageException(opt, "pretty=on is not supported");
+        String id = p.take("id");
+        if (id != null) checkId(opt, id);
+        p.finish();
+        return chardev;
+    }
+
+    private static List<MonitorSpec> monitors(Map<String, String> chardevs, List<String[]> requests) throws UsageException {
+        List<MonitorSpec> out = new ArrayList<>();
+        Set<String> used = new HashSet<>();
+        for (String[] r : requests) {
+            String chardev = r[0];
+            String path = chardevs.get(chardev);
+            if (path == null) throw new UsageException("--monitor", "chardev '" + chardev + "' not found");
+            if (!used.add(chardev)) throw new UsageException("--monitor", "chardev '" + chardev + "' is already used by another monitor");
+            for (MonitorSpec m : out) {
+                if (normalPath(m.socketPath()).equals(normalPath(path))) {
+                    throw new UsageException("--chardev", "chardevs '" + m.chardev() + "' and '" + chardev + "' have the same path " + path);
+                }
+            }
+            out.add(new MonitorSpec(chardev, path));
+        }
+        for (String id : chardevs.keySet()) {
+            if (!used.contains(id)) {
+                throw new UsageException("--chardev", "chardev '" + id + "' is not used by any --monitor"
+                        + " (jvhost uses chardevs only for QMP monitors)");
+            }
+        }
+        return out;
+    }
+
+    private static void checkSocketPath(String opt, String key, String path) throws UsageException {
+        if (path.isEmpty()) throw new UsageException(opt, "parameter '" + key + "' is empty");
+        if (path.indexOf('\0') >= 0) throw new UsageException(opt, "parameter '" + key + "' contains a NUL character");
+        int bytes = path.getBytes(StandardCharsets.UTF_8).length;
+        if (bytes > MAX_SOCKET_PATH_BYTES) {
+            throw new UsageException(opt, "socket path is " + bytes + " bytes long, the limit is "
+                    + MAX_SOCKET_PATH_BYTES + ": '" + path + "'");
         }
     }
 

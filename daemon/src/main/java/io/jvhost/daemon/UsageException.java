@@ -4,8 +4,16 @@ package io.jvhost.daemon;
 public final class UsageException extends Exception {
     private static final long serialVersionUID = 1L;
 
+    private final String detail;
+
     /** An error in the argument of {@code option} (e.g. "--export"), or of the command line when it is null. */
     public UsageException(String option, String message) {
         super(option == null ? message : option + ": " + message);
+        this.detail = message;
+    }
+
+    /** The message without the option, for QMP, where the same checks answer a command instead. */
+    public String detail() {
+        return detail;
     }
 }

@@ -172,8 +172,8 @@ class OptionsTest {
         assertError("jvhost: unexpected argument 'foo' (options start with --; see --help)", "foo");
         assertError("jvhost: option '--export' requires an argument", "--export");
         assertError("jvhost: option '--help' doesn't allow an argument", "--help=1");
-        assertError("jvhost: nothing to do: give at least one --export (or --demo); see --help");
-        assertError("jvhost: nothing to do: give at least one --export (or --demo); see --help", NODE);
+        assertError("jvhost: nothing to do: give at least one --export or --monitor (or --demo); see --help");
+        assertError("jvhost: nothing to do: give at least one --export or --monitor (or --demo); see --help", NODE);
         assertError("jvhost: --pidfile: given more than once", withNode("--export", UNIX, "--pidfile", "/a", "--pidfile", "/b"));
         assertError("jvhost: --pidfile: empty path", withNode("--export", UNIX, "--pidfile="));
         assertError("jvhost: --demo: given more than once", "--demo", "--demo");
@@ -243,6 +243,53 @@ class OptionsTest {
         String longPath = "/tmp/" + "p".repeat(103);
         assertError("jvhost: --export: socket path is 108 bytes long, the limit is 107: '" + longPath + "'",
                 withNode("--export", "vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=" + longPath));
+    }
+
+    @Test
+    void exportCompatibilityOptions() throws Exception {
+        ExportSpec e = Options.parse(withNode("--export", UNIX + ",writethrough=off,fixed-iothread=on")).exports().get(0);
+        assertEquals("e0", e.id());
+        assertError("jvhost: --export: writethrough=on is not supported yet", withNode("--export", UNIX + ",writethrough=on"));
+        assertError("jvhost: --export: parameter 'fixed-iothread' expects 'on' or 'off', not 'x'",
+                withNode("--export", UNIX + ",fixed-iothread=x"));
+    }
+
+    @Test
+    void monitorsInQsdSyntax() throws Exception {
+        DaemonConfig cfg = Options.parse(new String[] {
+                "--chardev", "socket,id=qmp0,path=/tmp/q0.sock,server=on,wait=off",
+                "--monitor", "chardev=qmp0",
+                "--chardev=socket,id=qmp1,path=/tmp/q1.sock,server=on",
+                "--monitor", "qmp1,mode=control,pretty=off,id=mon1"});
+        assertEquals(List.of(new DaemonConfig.MonitorSpec("qmp0", "/tmp/q0.sock"), new DaemonConfig.MonitorSpec("qmp1", "/tmp/q1.sock")),
+                cfg.monitors());
+        assertTrue(cfg.exports().isEmpty());   // a monitor alone is something to do: exports come over QMP
+        // Order does not matter: a --monitor may name a --chardev given later.
+        cfg = Options.parse(new String[] {"--monitor", "c", "--chardev", "socket,id=c,path=/tmp/c.sock,server=on,wait=off"});
+        assertEquals("c", cfg.monitors().get(0).chardev());
+    }
+
+    @Test
+    void monitorErrors() {
+        String c = "socket,id=c,path=/tmp/c.sock,server=on,wait=off";
+        assertError("jvhost: --chardev: chardev backend 'stdio' is not supported (only 'socket')", "--chardev", "stdio,id=c", "--monitor", "c");
+        assertError("jvhost: --chardev: only server=on is supported (jvhost listens for QMP clients)",
+                "--chardev", "socket,id=c,path=/tmp/c.sock", "--monitor", "c");
+        assertError("jvhost: --chardev: wait=on is not supported (jvhost does not wait for a client); use wait=off",
+                "--chardev", "socket,id=c,path=/tmp/c.sock,server=on,wait=on", "--monitor", "c");
+        assertError("jvhost: --chardev: unknown parameter 'telnet'", "--chardev", c + ",telnet=on", "--monitor", "c");
+        assertError("jvhost: --chardev: parameter 'path' is missing", "--chardev", "socket,id=c,server=on", "--monitor", "c");
+        assertError("jvhost: --chardev: id 'c' is already in use", "--chardev", c, "--chardev", c, "--monitor", "c");
+        assertError("jvhost: --chardev: chardev 'c' is not used by any --monitor (jvhost uses chardevs only for QMP monitors)",
+                withNode("--chardev", c, "--export", UNIX));
+        assertError("jvhost: --monitor: chardev 'd' not found", "--chardev", c, "--monitor", "d");
+        assertError("jvhost: --monitor: chardev 'c' is already used by another monitor", "--chardev", c, "--monitor", "c", "--monitor", "c");
+        assertError("jvhost: --monitor: mode 'readline' is not supported (only 'control', i.e. QMP)", "--chardev", c, "--monitor", "c,mode=readline");
+        assertError("jvhost: --monitor: pretty=on is not supported", "--chardev", c, "--monitor", "c,pretty=on");
+        assertError("jvhost: --chardev: chardevs 'c' and 'd' have the same path /tmp/./c.sock",
+                "--chardev", c, "--chardev", "socket,id=d,path=/tmp/./c.sock,server=on", "--monitor", "c", "--monitor", "d");
+        assertError("jvhost: --export: export 'e0' listens on /tmp/c.sock like QMP monitor 'c'",
+                withNode("--chardev", c, "--monitor", "c", "--export", "vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=/tmp/c.sock"));
     }
 
     @Test

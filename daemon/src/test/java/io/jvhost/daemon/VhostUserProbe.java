@@ -25,13 +25,56 @@ final class VhostUserProbe {
 
     /** Returns the feature bits the back-end offers. */
     static long getFeatures(Path socket, long timeoutMs) throws IOException {
-        try (SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX);
-             Selector sel = Selector.open()) {
+        try (SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX)) {
             ch.connect(UnixDomainSocketAddress.of(socket));
-            ByteBuffer req = ByteBuffer.allocate(12).order(ByteOrder.LITTLE_ENDIAN);
-            req.putInt(GET_FEATURES).putInt(FLAG_VERSION_1).putInt(0).flip();
-            while (req.hasRemaining()) ch.write(req);
+            return getFeatures(ch, timeoutMs);
+        }
+    }
 
+    /** A front-end that stays attached: connected and answered GET_FEATURES (non-blocking channel). */
+    static SocketChannel attach(Path socket, long timeoutMs) throws IOException {
+        SocketChannel ch = SocketChannel.open(StandardProtocolFamily.UNIX);
+        try {
+            ch.connect(UnixDomainSocketAddress.of(socket));
+            long f = getFeatures(ch, timeoutMs);
+            if ((f & VIRTIO_F_VERSION_1) == 0) throw new IOException("no VERSION_1 in " + Long.toHexString(f));
+            return ch;
+        } catch (IOException | RuntimeException e) {
+            ch.close();
+            throw e;
+        }
+    }
+
+    /** Waits (bounded) until the back-end closes the connection; throws if it sends data or does not close. */
+    static void awaitDisconnect(SocketChannel ch, long timeoutMs) throws IOException {
+        try (Selector sel = Selector.open()) {
+            ch.configureBlocking(false);
+            ch.register(sel, SelectionKey.OP_READ);
+            ByteBuffer b = ByteBuffer.allocate(64);
+            long deadline = System.nanoTime() + timeoutMs * 1_000_000L;
+            while (true) {
+                long left = (deadline - System.nanoTime()) / 1_000_000L;
+                if (left <= 0) throw new IOException("back-end still connected after " + timeoutMs + " ms");
+                sel.select(left);
+                sel.selectedKeys().clear();
+                int n;
+                try {
+                    n = ch.read(b);
+                } catch (IOException reset) {
+                    return;     // ECONNRESET: disconnected as well
+                }
+                if (n < 0) return;
+                if (n > 0) throw new IOException("unexpected " + n + " bytes from the back-end");
+            }
+        }
+    }
+
+    private static long getFeatures(SocketChannel ch, long timeoutMs) throws IOException {
+        ByteBuffer req = ByteBuffer.allocate(12).order(ByteOrder.LITTLE_ENDIAN);
+        req.putInt(GET_FEATURES).putInt(FLAG_VERSION_1).putInt(0).flip();
+        while (req.hasRemaining()) ch.write(req);
+
+        try (Selector sel = Selector.open()) {
             ch.configureBlocking(false);
             ch.register(sel, SelectionKey.OP_READ);
             ByteBuffer reply = ByteBuffer.allocate(20).order(ByteOrder.LITTLE_ENDIAN);
