@@ -10,14 +10,19 @@ import java.util.Set;
 
 /**
  * Creates nodes from QEMU {@code --blockdev} option maps (flattened, dotted keys, string values) and keeps
- * them by node-name. Drivers: {@code file} (aio=threads) and {@code null-co}.
+ * them by node-name, together with the throttle groups of {@code --object throttle-group}. Drivers: {@code file}
+ * (aio=threads), {@code null-co}, and the filters {@code raw} and {@code throttle}, whose {@code file} option names
+ * an existing node (as in QEMU: {@code --blockdev driver=raw,node-name=r,file=f}).
  */
 public final class BlockNodes {
     private static final Set<String> COMMON = Set.of("driver", "node-name", "read-only", "cache.direct");
     private static final Set<String> FILE_OPTS = Set.of("filename", "aio", "locking");
     private static final Set<String> NULL_OPTS = Set.of("size", "read-zeroes", "latency-ns");
+    private static final Set<String> RAW_OPTS = Set.of("file", "offset", "size");
+    private static final Set<String> THROTTLE_OPTS = Set.of("file", "throttle-group");
 
     private final Map<String, BlockDriverState> nodes = new LinkedHashMap<>();
+    private final Map<String, ThrottleGroup> groups = new LinkedHashMap<>();
     private final AioPool pool = AioPool.acquire();
     private boolean closed;
 
@@ -25,7 +30,9 @@ public final class BlockNodes {
 
     /**
      * Opens a node, e.g. {@code {driver=file, node-name=disk0, filename=/x.img, read-only=on, cache.direct=off,
-     * aio=threads}} or {@code {driver=null-co, node-name=n0, size=1G, read-zeroes=on, latency-ns=100000}}.
+     * aio=threads}}, {@code {driver=null-co, node-name=n0, size=1G, read-zeroes=on, latency-ns=100000}},
+     * {@code {driver=raw, node-name=r, file=disk0, offset=1M, size=512M}} or
+     * {@code {driver=throttle, node-name=t, throttle-group=g0, file=r}}. A child must already exist.
      */
     public synchronized BlockDriverState add(Map<String, String> opts) throws BlockException {
         if (closed) throw new IllegalStateException("BlockNodes closed");
@@ -43,11 +50,21 @@ public final class BlockNodes {
             case "null-co":
                 specific = NULL_OPTS;
                 break;
+            case "raw":
+                specific = RAW_OPTS;
+                break;
+            case "throttle":
+                specific = THROTTLE_OPTS;
+                break;
             default:
                 throw new BlockException("blockdev: unknown driver '" + driver + "'");
         }
         for (Map.Entry<String, String> e : o.entrySet()) {
             if (!COMMON.contains(e.getKey()) && !specific.contains(e.getKey())) {
+                if (e.getKey().startsWith("file.") && specific.contains("file")) {
+                    throw new BlockException("blockdev: option '" + e.getKey() + "': inline child definitions are not"
+                            + " supported; create the child with its own --blockdev and give its node-name in 'file'");
+                }
                 throw new BlockException("blockdev: unknown option '" + e.getKey() + "' for driver '" + driver + "'");
             }
             if (e.getValue() == null) throw new BlockException("blockdev: option '" + e.getKey() + "' has no value");
@@ -56,32 +73,149 @@ public final class BlockNodes {
         boolean direct = bool(o, "cache.direct", false);
 
         BlockDriver drv;
-        if (driver.equals("file")) {
-            String filename = require(o, "filename");
-            if (filename.isEmpty()) throw new BlockException("blockdev: option 'filename' is empty");
-            String aio = o.getOrDefault("aio", "threads");
-            if (!aio.equals("threads")) {
-                if (aio.equals("native") || aio.equals("io_uring")) {
-                    throw new BlockException("blockdev: aio '" + aio + "' is not supported yet (use aio=threads)");
+        BlockDriverState child = null;
+        switch (driver) {
+            case "file": {
+                String filename = require(o, "filename");
+                if (filename.isEmpty()) throw new BlockException("blockdev: option 'filename' is empty");
+                String aio = o.getOrDefault("aio", "threads");
+                if (!aio.equals("threads")) {
+                    if (aio.equals("native") || aio.equals("io_uring")) {
+                        throw new BlockException("blockdev: aio '" + aio + "' is not supported yet (use aio=threads)");
+                    }
+                    throw new BlockException("blockdev: invalid value '" + aio + "' for option 'aio'");
                 }
-                throw new BlockException("blockdev: invalid value '" + aio + "' for option 'aio'");
+                String locking = o.getOrDefault("locking", "auto");
+                if (!locking.equals("auto") && !locking.equals("on") && !locking.equals("off")) {
+                    throw new BlockException("blockdev: invalid value '" + locking + "' for option 'locking' (expected on, off or auto)");
+                }
+                drv = FileDriver.open(filename, readOnly, direct);
+                break;
             }
-            String locking = o.getOrDefault("locking", "auto");
-            if (!locking.equals("auto") && !locking.equals("on") && !locking.equals("off")) {
-                throw new BlockException("blockdev: invalid value '" + locking + "' for option 'locking' (expected on, off or auto)");
+            case "null-co": {
+                String size = o.get("size");
+                if (size == null) throw new BlockException("blockdev: option 'size' is required for driver 'null-co'");
+                long len = parseSize("size", size);
+                boolean readZeroes = bool(o, "read-zeroes", false);
+                long latency = parseLong("latency-ns", o.getOrDefault("latency-ns", "0"));
+                drv = new NullDriver(len, readZeroes, latency);
+                break;
             }
-            drv = FileDriver.open(filename, readOnly, direct);
-        } else {
-            String size = o.get("size");
-            if (size == null) throw new BlockException("blockdev: option 'size' is required for driver 'null-co'");
-            long len = parseSize("size", size);
-            boolean readZeroes = bool(o, "read-zeroes", false);
-            long latency = parseLong("latency-ns", o.getOrDefault("latency-ns", "0"));
-            drv = new NullDriver(len, readZeroes, latency);
+            case "raw": {
+                child = child(o, nodeName, readOnly);
+                long real = child.getLength();
+                long offset = o.containsKey("offset") ? parseSize("offset", o.get("offset")) : 0;
+                if (offset > real) {
+                    throw new BlockException("blockdev: offset (" + offset + ") cannot be greater than the size of the"
+                            + " containing node '" + child.nodeName() + "' (" + real + ")");
+                }
+                long size = real - offset;
+                if (o.containsKey("size")) {
+                    size = parseSize("size", o.get("size"));
+                    if (size > real - offset) {
+                        throw new BlockException("blockdev: the sum of offset (" + offset + ") and size (" + size + ") has to"
+                                + " be smaller or equal to the size of the containing node '" + child.nodeName() + "' (" + real + ")");
+                    }
+                    if (size % 512 != 0) throw new BlockException("blockdev: size (" + size + ") is not a multiple of 512");
+                }
+                drv = new RawDriver(offset, size);
+                break;
+            }
+            default: { // throttle
+                String g = require(o, "throttle-group");
+                ThrottleGroup group = groups.get(g);
+                if (group == null) throw new BlockException("blockdev: option 'throttle-group': no throttle group '" + g + "'");
+                child = child(o, nodeName, readOnly);
+                drv = new ThrottleDriver(group, child.getLength());
+                break;
+            }
         }
         BlockDriverState bs = new BlockDriverState(nodeName, drv, readOnly, pool);
+        if (child != null) {
+            BdrvChild edge = bs.attachChild("file", child);
+            if (drv instanceof RawDriver) {
+                ((RawDriver) drv).setFile(edge);
+            } else {
+                ThrottleDriver t = (ThrottleDriver) drv;
+                t.setFile(edge);
+                t.group().members++;
+            }
+        }
         nodes.put(nodeName, bs);
         return bs;
+    }
+
+    /** The node named by option 'file' (must exist); a writable filter needs a writable child. */
+    private BlockDriverState child(Map<String, String> o, String nodeName, boolean readOnly) throws BlockException {
+        String name = require(o, "file");
+        BlockDriverState c = nodes.get(name);
+        if (c == null) throw new BlockException("blockdev: option 'file': no node named '" + name + "'");
+        if (!readOnly && c.isReadOnly()) {
+            throw new BlockException("blockdev: node '" + name + "' is read-only; '" + nodeName + "' needs read-only=on");
+        }
+        return c;
+    }
+
+    /**
+     * Creates a throttle group from {@code --object throttle-group} options: {@code id} plus limits, e.g.
+     * {@code {id=g0, x-iops-total=1000, x-bps-write=10M}} or QAPI spelling {@code limits.iops-total=1000}.
+     * {@code qom-type}, if present, must be {@code throttle-group}.
+     */
+    public synchronized ThrottleGroup addThrottleGroup(Map<String, String> opts) throws BlockException {
+        if (closed) throw new IllegalStateException("BlockNodes closed");
+        Map<String, String> o = new HashMap<>(opts);
+        String type = o.remove("qom-type");
+        if (type != null && !type.equals("throttle-group")) {
+            throw new BlockException("object: type '" + type + "' is not a throttle-group");
+        }
+        String id = o.remove("id");
+        if (id == null) throw new BlockException("object: option 'id' is required");
+        if (!isWellFormed(id)) throw new BlockException("object: invalid id '" + id + "'");
+        if (groups.containsKey(id)) throw new BlockException("object: duplicate id '" + id + "'");
+        for (Map.Entry<String, String> e : o.entrySet()) {
+            if (e.getValue() == null) throw new BlockException("object: option '" + e.getKey() + "' has no value");
+        }
+        ThrottleConfig cfg = ThrottleConfig.parse(o, "object: ");
+        if (!o.isEmpty()) {
+            throw new BlockException("object: unknown option '" + o.keySet().iterator().next() + "' for throttle-group");
+        }
+        ThrottleGroup g = new ThrottleGroup(id, cfg);
+        groups.put(id, g);
+        return g;
+    }
+
+    /** The throttle group with this id, or null. */
+    public synchronized ThrottleGroup throttleGroup(String id) {
+        return groups.get(id);
+    }
+
+    /** Deletes a throttle group that no throttle node uses (object-del). */
+    public synchronized void removeThrottleGroup(String id) throws BlockException {
+        ThrottleGroup g = groups.get(id);
+        if (g == null) throw new BlockException("object: no throttle group '" + id + "'");
+        if (g.members > 0) throw new BlockException("object: throttle group '" + id + "' is in use by " + g.members + " node(s)");
+        groups.remove(id);
+    }
+
+    /**
+     * Deletes a node (blockdev-del): refused while anything uses it (a backend, a parent node, a job). Its own
+     * child edges are dropped, so its children may be deleted next.
+     */
+    public void remove(String nodeName) throws BlockException {
+        BlockDriverState bs;
+        synchronized (this) {
+            bs = nodes.get(nodeName);
+            if (bs == null) throw new BlockException("blockdev: no node named '" + nodeName + "'");
+            List<BdrvChild> users = bs.parentEdges();
+            if (!users.isEmpty()) {
+                StringBuilder sb = new StringBuilder();
+                for (BdrvChild c : users) sb.append(sb.length() == 0 ? "" : ", ").append(c.parent().parentName());
+                throw new BlockException("blockdev: node '" + nodeName + "' is in use by " + sb);
+            }
+            nodes.remove(nodeName);
+            if (bs.driver() instanceof ThrottleDriver) ((ThrottleDriver) bs.driver()).group().members--;
+        }
+        bs.close();
     }
 
     /** The node with this name, or null. */
@@ -94,14 +228,19 @@ public final class BlockNodes {
         return List.copyOf(nodes.values());
     }
 
-    /** Closes every node (each waits, bounded, for its in-flight requests) and releases the worker pool. */
+    /**
+     * Closes every node, users before the nodes they use (each waits, bounded, for its in-flight requests), and
+     * releases the worker pool.
+     */
     public void close() {
         List<BlockDriverState> toClose;
         synchronized (this) {
             if (closed) return;
             closed = true;
             toClose = new ArrayList<>(nodes.values());
+            java.util.Collections.reverse(toClose); // children are always created before their parents
             nodes.clear();
+            groups.clear();
         }
         try {
             for (BlockDriverState bs : toClose) bs.close();
@@ -118,14 +257,18 @@ public final class BlockNodes {
         return v;
     }
 
-    /** QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'; at most 31 characters. */
     private static void checkNodeName(String n) throws BlockException {
-        boolean ok = !n.isEmpty() && n.length() <= 31 && isAsciiLetter(n.charAt(0));
+        if (!isWellFormed(n)) throw new BlockException("blockdev: invalid node-name '" + n + "'");
+    }
+
+    /** QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'; at most 31 characters. */
+    public static boolean isWellFormed(String n) {
+        boolean ok = n != null && !n.isEmpty() && n.length() <= 31 && isAsciiLetter(n.charAt(0));
         for (int i = 1; ok && i < n.length(); i++) {
             char c = n.charAt(i);
             ok = isAsciiLetter(c) || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
         }
-        if (!ok) throw new BlockException("blockdev: invalid node-name '" + n + "'");
+        return ok;
     }
 
     private static boolean isAsciiLetter(char c) {

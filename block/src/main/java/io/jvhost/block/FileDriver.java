@@ -13,6 +13,7 @@ import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.HashSet;
 import java.util.Set;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.locks.Lock;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 
@@ -26,6 +27,9 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  * bounce buffer; unaligned writes become read-modify-write of the edge blocks, and those are serialised
  * against every other modification of the file (an exclusive lock) so two RMWs of one block cannot lose an
  * update. Aligned requests and reads share the lock and run in parallel.
+ *
+ * <p>Plugging ({@link Plug}): a plugged thread's submissions to the worker pool are batched and handed over when
+ * its section ends, or at once when drain disables plugging (phase 2).
  */
 final class FileDriver implements BlockDriver, BlockRequest.Work {
     private static final int BOUNCE_SIZE = 128 * 1024;
@@ -41,6 +45,13 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
     private final long length;
     private final Lock shared;
     private final Lock exclusive;
+
+    // ---- plugging ----
+    /** Threads whose plugged section batches here (diagnostics). */
+    private final AtomicInteger plugged = new AtomicInteger();
+    private final AtomicInteger plugDisabled = new AtomicInteger();
+    private final Object batchLock = new Object();
+    private BlockRequest batchHead, batchTail; // guarded by batchLock, linked through BlockRequest.next
 
     private FileDriver(String filename, FileChannel fc, int rawFd, boolean direct, int align, long length) {
         this.filename = filename;
@@ -130,27 +141,88 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
 
     @Override
     public void read(long offset, IoVec iov, BlockRequest r) {
-        r.runInWorker(this);
+        submit(r);
     }
 
     @Override
     public void write(long offset, IoVec iov, int flags, BlockRequest r) {
-        r.runInWorker(this);
+        submit(r);
     }
 
     @Override
     public void flush(BlockRequest r) {
-        r.runInWorker(this);
+        submit(r);
     }
 
     @Override
     public void discard(long offset, long bytes, BlockRequest r) {
-        r.runInWorker(this);
+        submit(r);
     }
 
     @Override
     public void writeZeroes(long offset, long bytes, int flags, BlockRequest r) {
-        r.runInWorker(this);
+        submit(r);
+    }
+
+    private void submit(BlockRequest r) {
+        r.setWork(this);
+        if (plugDisabled.get() == 0 && Plug.enlist(this)) {
+            synchronized (batchLock) {
+                if (batchTail == null) batchHead = r; else batchTail.next = r;
+                batchTail = r;
+            }
+            // Re-check after publishing: a drain may have flushed and disabled batching just before the append.
+            if (plugDisabled.get() > 0) flushBatch();
+            return;
+        }
+        r.executeWork();
+    }
+
+    /** A thread's plugged section started batching here. */
+    @Override
+    public void plug() {
+        plugged.incrementAndGet();
+    }
+
+    /** That section ended: hand over the batch (other sections' requests too; they are only earlier). */
+    @Override
+    public void unplug() {
+        plugged.decrementAndGet();
+        flushBatch();
+    }
+
+    @Override
+    public void ioUnpluggedBegin() {
+        plugDisabled.incrementAndGet();
+        flushBatch();
+    }
+
+    @Override
+    public void ioUnpluggedEnd() {
+        plugDisabled.decrementAndGet();
+    }
+
+    /** Requests batched right now (tests). */
+    int batched() {
+        synchronized (batchLock) {
+            int n = 0;
+            for (BlockRequest r = batchHead; r != null; r = r.next) n++;
+            return n;
+        }
+    }
+
+    private void flushBatch() {
+        BlockRequest h;
+        synchronized (batchLock) {
+            h = batchHead;
+            batchHead = batchTail = null;
+        }
+        while (h != null) {
+            BlockRequest next = h.next;
+            h.next = null;
+            h.executeWork();
+            h = next;
+        }
     }
 
     @Override

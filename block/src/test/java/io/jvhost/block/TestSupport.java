@@ -45,6 +45,34 @@ final class TestSupport {
         return m;
     }
 
+    /** Every thread's stack, for failure messages of bounded waits. */
+    static String threadDump() {
+        return BlockGraph.threadDump();
+    }
+
+    /** Waits for the latch; on timeout fails with a thread dump. */
+    static void awaitOrDump(java.util.concurrent.CountDownLatch l, long seconds, String what) throws InterruptedException {
+        if (!l.await(seconds, TimeUnit.SECONDS)) {
+            org.junit.jupiter.api.Assertions.fail(what + " did not happen within " + seconds + " s (" + l.getCount()
+                    + " left)\n" + threadDump());
+        }
+    }
+
+    /** Waits for the future; on timeout fails with a thread dump. */
+    static <T> T getOrDump(java.util.concurrent.Future<T> f, long seconds, String what) throws Exception {
+        try {
+            return f.get(seconds, TimeUnit.SECONDS);
+        } catch (java.util.concurrent.TimeoutException e) {
+            return org.junit.jupiter.api.Assertions.fail(what + " did not happen within " + seconds + " s\n" + threadDump());
+        }
+    }
+
+    static Map<String, String> opts(String... kv) {
+        Map<String, String> m = new java.util.HashMap<>();
+        for (int i = 0; i < kv.length; i += 2) m.put(kv[i], kv[i + 1]);
+        return m;
+    }
+
     /** Submits via {@code submit} from the calling thread and waits for the completion value. */
     static int await(Consumer<BlockCompletion> submit) throws Exception {
         CompletableFuture<Integer> f = new CompletableFuture<>();
