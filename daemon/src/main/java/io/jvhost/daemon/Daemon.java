@@ -140,6 +140,7 @@ public final class Daemon implements AutoCloseable {
         });
         onMain(() -> nodes = new BlockNodes());
         for (IothreadSpec t : cfg.iothreads()) onMainDo(() -> addIothread(t));
+        for (Map<String, String> tg : cfg.throttleGroups()) onMainDo(() -> addThrottleGroup(tg));
         for (Map<String, String> opts : cfg.blockdevs()) onMainDo(() -> addBlockdev(opts));
         for (ExportSpec spec : cfg.exports()) onMainDo(() -> addExport(spec));
 
@@ -243,6 +244,18 @@ public final class Daemon implements AutoCloseable {
             throw new UsageException("--blockdev", String.valueOf(e.getMessage()));
         }
         nodeOptions.put(opts.get("node-name"), Collections.unmodifiableMap(new LinkedHashMap<>(opts)));
+    }
+
+    /** {@code --object throttle-group,id=G,x-iops-total=...}: a budget shared by the throttle nodes bound to it. */
+    void addThrottleGroup(Map<String, String> opts) throws UsageException {
+        assertMain("addThrottleGroup");
+        try {
+            nodes.addThrottleGroup(opts);
+        } catch (BlockException e) {
+            throw new UsageException("--object", stripPrefix(e.getMessage(), "object: "));
+        } catch (RuntimeException e) {
+            throw new UsageException("--object", String.valueOf(e.getMessage()));
+        }
     }
 
     /** {@code --export} / block-export-add: checks the export against what exists, then starts it. */

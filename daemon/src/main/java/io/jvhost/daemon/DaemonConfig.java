@@ -13,6 +13,7 @@ public record DaemonConfig(
         Action action,
         List<Map<String, String>> blockdevs,    // in command-line order, flat dotted keys, "driver" included
         List<IothreadSpec> iothreads,
+        List<Map<String, String>> throttleGroups, // --object throttle-group, flat keys incl. "id" (block layer checks limits)
         List<ExportSpec> exports,
         List<MonitorSpec> monitors,              // QMP monitors (--chardev + --monitor)
         Path pidfile,                            // null: none
@@ -21,6 +22,7 @@ public record DaemonConfig(
     public DaemonConfig {
         blockdevs = List.copyOf(blockdevs);
         iothreads = List.copyOf(iothreads);
+        throttleGroups = List.copyOf(throttleGroups);
         exports = List.copyOf(exports);
         monitors = List.copyOf(monitors);
     }
@@ -28,7 +30,7 @@ public record DaemonConfig(
     public enum Action { RUN, HELP, VERSION }
 
     static DaemonConfig of(Action action) {
-        return new DaemonConfig(action, List.of(), List.of(), List.of(), List.of(), null, null);
+        return new DaemonConfig(action, List.of(), List.of(), List.of(), List.of(), List.of(), null, null);
     }
 
     /**

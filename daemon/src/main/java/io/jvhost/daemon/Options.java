@@ -52,6 +52,15 @@ public final class Options {
                 "             [,latency-ns=<ns>][,read-only=on|off]",
                 "                         create a block node that discards writes (and reads zeroes",
                 "                         with read-zeroes=on); sizes take suffixes k, M, G, T",
+                "  --blockdev [driver=]raw,node-name=<node>,file=<child-node>[,offset=<bytes>][,size=<bytes>]",
+                "                         a raw view of node <child-node> (optionally a window of it)",
+                "  --blockdev [driver=]throttle,node-name=<node>,throttle-group=<group>,file=<child-node>",
+                "                         a filter that limits I/O to <child-node> by the budget of <group>",
+                "",
+                "  --object throttle-group,id=<group>[,x-iops-total=<n>][,x-iops-read=<n>][,x-iops-write=<n>]",
+                "           [,x-bps-total=<n>][,x-bps-read=<n>][,x-bps-write=<n>][,x-<limit>-max=<n>]",
+                "           [,x-<limit>-max-length=<s>][,x-iops-size=<bytes>]   (also limits.iops-total=... etc.)",
+                "                         an I/O budget shared by every throttle node bound to it",
                 "",
                 "  --object iothread,id=<id>[,poll-max-ns=<ns>]",
                 "                         create an iothread (an event loop thread) for exports to use;",
@@ -111,6 +120,8 @@ public final class Options {
     public static DaemonConfig parse(String[] args) throws UsageException {
         List<Map<String, String>> blockdevs = new ArrayList<>();
         List<IothreadSpec> iothreads = new ArrayList<>();
+        List<Map<String, String>> throttleGroups = new ArrayList<>();
+        java.util.Set<String> objectIds = new java.util.HashSet<>();   // iothreads and throttle groups share QOM ids
         List<ExportSpec> exports = new ArrayList<>();
         Map<String, String> chardevs = new LinkedHashMap<>();     // id -> socket path
         List<String[]> monitorRequests = new ArrayList<>();       // {chardev id}
@@ -143,10 +154,20 @@ public final class Options {
                 }
                 case "--object" -> {
                     String v = inline != null ? inline : requireArg(args, ++i, name);
-                    IothreadSpec t = parseObject(v);
-                    for (IothreadSpec other : iothreads) {
-                        if (other.id().equals(t.id())) throw new UsageException(name, "id '" + t.id() + "' is already in use");
+                    KeyValue kv = keyval("--object", v, "qom-type");
+                    if ("throttle-group".equals(kv.get("qom-type"))) {
+                        // Limits are checked by the block layer (QEMU's throttle_is_valid rules).
+                        Map<String, String> tg = new LinkedHashMap<>(kv.asMap());
+                        tg.remove("qom-type");
+                        String id = tg.get("id");
+                        if (id == null) throw new UsageException(name, "parameter 'id' is missing");
+                        checkId(name, id);
+                        if (!objectIds.add(id)) throw new UsageException(name, "id '" + id + "' is already in use");
+                        throttleGroups.add(tg);
+                        continue;
                     }
+                    IothreadSpec t = objectSpec(kv);
+                    if (!objectIds.add(t.id())) throw new UsageException(name, "id '" + t.id() + "' is already in use");
                     iothreads.add(t);
                 }
                 case "--export" -> {
@@ -198,7 +219,7 @@ public final class Options {
         if (exports.isEmpty() && monitors.isEmpty()) {
             throw new UsageException(null, "nothing to do: give at least one --export or --monitor (or --demo); see --help");
         }
-        return new DaemonConfig(Action.RUN, blockdevs, iothreads, exports, monitors, pidfile, demo);
+        return new DaemonConfig(Action.RUN, blockdevs, iothreads, throttleGroups, exports, monitors, pidfile, demo);
     }
 
     private static String requireArg(String[] args, int i, String name) throws UsageException {
@@ -259,7 +280,7 @@ public final class Options {
     }
 
     static String unsupportedObjectType(String type) {
-        return "object type '" + type + "' is not supported (only 'iothread')";
+        return "object type '" + type + "' is not supported (only 'iothread' and 'throttle-group')";
     }
 
     static String unsupportedExportType(String type) {

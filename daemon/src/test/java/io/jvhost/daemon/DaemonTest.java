@@ -70,6 +70,43 @@ class DaemonTest {
         }
     }
 
+    /** The issue-3 drivers with QEMU's spelling: throttle groups as objects, raw and throttle nodes over a child. */
+    @Test
+    void throttleGroupsAndFilterNodesFromTheCommandLine(@TempDir Path dir) throws Exception {
+        Path s = dir.resolve("tg.sock");
+        DaemonConfig cfg = Options.parse(new String[] {
+                "--object", "throttle-group,id=tg0,x-iops-total=1000,x-bps-total=10485760",
+                "--blockdev", "null-co,node-name=base,size=64M,read-zeroes=on",
+                "--blockdev", "raw,node-name=win,file=base,offset=1M,size=16M",
+                "--blockdev", "throttle,node-name=thr,throttle-group=tg0,file=win",
+                "--export", "vhost-user-blk,id=tge,node-name=thr,addr.type=unix,addr.path=" + s + ",writable=on"});
+        try (Daemon d = Daemon.start(cfg)) {
+            org.junit.jupiter.api.Assertions.assertNotNull(d.nodes().throttleGroup("tg0"));
+            assertEquals("throttle", d.nodes().get("thr").driverName());
+            assertEquals(16L << 20, d.nodes().get("thr").getLength(), "the raw window's size shows through the filter");
+            assertTrue(VhostUserProbe.getFeatures(s, 10_000) != 0);
+        }
+        // Limits are checked with QEMU's rules; the error names --object.
+        OptionsTest.Result bad = runFailing("--object", "throttle-group,id=tg1,x-iops-total=-5",
+                "--blockdev", "null-co,node-name=n,size=1M", "--export",
+                "vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=" + dir.resolve("x.sock"));
+        assertEquals(1, bad.status(), bad.err());
+        assertTrue(bad.err().startsWith("jvhost: --object"), bad.err());
+        OptionsTest.Result dup = OptionsTest.check("--object", "iothread,id=x", "--object", "throttle-group,id=x",
+                "--blockdev", "null-co,node-name=n,size=1M", "--export",
+                "vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=" + dir.resolve("y.sock"));
+        assertEquals(1, dup.status());
+        assertTrue(dup.err().contains("id 'x' is already in use"), dup.err());
+    }
+
+    /** Main.run for a command line that must fail at start-up (it would serve forever otherwise). */
+    private static OptionsTest.Result runFailing(String... args) {
+        java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream(), err = new java.io.ByteArrayOutputStream();
+        int status = Main.run(args, new java.io.PrintStream(out, true, StandardCharsets.UTF_8),
+                new java.io.PrintStream(err, true, StandardCharsets.UTF_8));
+        return new OptionsTest.Result(status, out.toString(StandardCharsets.UTF_8), err.toString(StandardCharsets.UTF_8));
+    }
+
     @Test
     void staleSocketIsReplaced(@TempDir Path dir) throws Exception {
         Path s = dir.resolve("e.sock");

@@ -27,7 +27,9 @@ class HelpVersionTest {
             }
             for (String parameter : List.of("driver=]file", "driver=]null-co", "node-name=<node>", "filename=<path>",
                     "read-only=on|off", "cache.direct=on|off", "aio=", "size=<bytes>", "read-zeroes=on|off",
-                    "latency-ns=<ns>", "poll-max-ns", "id=<id>", "addr.type=unix", "addr.path=<socket-path>",
+                    "latency-ns=<ns>", "poll-max-ns", "driver=]raw", "driver=]throttle", "file=<child-node>",
+                    "offset=<bytes>", "throttle-group=<group>", "--object throttle-group,id=<group>", "x-iops-total",
+                    "x-bps-total", "id=<id>", "addr.type=unix", "addr.path=<socket-path>",
                     "addr.type=fd", "addr.str=<fd>", "writable=on|off", "num-queues=<n>", "logical-block-size=<b>",
                     "iothread=<id>", "iothread.<i>=<id>", "serial=<string>", "JVHOST_JAVA_OPTS", "SIGTERM", "SIGINT")) {
                 assertTrue(help.contains(parameter), "help lacks " + parameter);

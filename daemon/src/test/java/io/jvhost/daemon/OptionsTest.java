@@ -191,7 +191,7 @@ class OptionsTest {
 
     @Test
     void objectErrors() {
-        assertError("jvhost: --object: object type 'memory-backend-ram' is not supported (only 'iothread')",
+        assertError("jvhost: --object: object type 'memory-backend-ram' is not supported (only 'iothread' and 'throttle-group')",
                 "--object", "memory-backend-ram,id=m");
         assertError("jvhost: --object: parameter 'id' is missing", "--object", "iothread");
         assertError("jvhost: --object: unknown parameter 'foo'", "--object", "iothread,id=a,foo=1");

@@ -237,7 +237,7 @@ class QmpCommandsTest {
         assertTrue(comm.startsWith("qio1"), comm);
 
         qmp.fails(GE, "id 'qio1' is already in use", "object-add", "{\"qom-type\": \"iothread\", \"id\": \"qio1\"}");
-        qmp.fails(GE, "object type 'throttle-group' is not supported (only 'iothread')", "object-add",
+        qmp.fails(GE, "object type 'throttle-group' is not supported (only 'iothread' and 'throttle-group')", "object-add",
                 "{\"qom-type\": \"throttle-group\", \"id\": \"tg0\"}");
         qmp.fails(GE, "Parameter 'id' is missing", "object-add", "{\"qom-type\": \"iothread\"}");
         qmp.fails(GE, "Parameter 'qom-type' is missing", "object-add", "{\"id\": \"x\"}");
