@@ -60,9 +60,17 @@ public interface Backend extends AutoCloseable {
      * The qemu-storage-daemon-compatible arguments for one raw file exported over vhost-user-blk.
      */
     static List<String> vhostUserBlkArgs(Path image, Path socket, int numQueues, Path pidFile) {
+        return vhostUserBlkArgs(image, socket, numQueues, pidFile, "");
+    }
+
+    /**
+     * The same with more {@code --blockdev} options appended, e.g. {@code ",locking=off"} for two
+     * back-ends sharing one image during a migration.
+     */
+    static List<String> vhostUserBlkArgs(Path image, Path socket, int numQueues, Path pidFile, String blockdevExtra) {
         TestVm.checkSocketPath(socket);
         return List.of(
-                "--blockdev", "driver=file,node-name=disk0,filename=" + image,
+                "--blockdev", "driver=file,node-name=disk0,filename=" + image + blockdevExtra,
                 "--object", "iothread,id=io0",
                 "--export", "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=" + socket
                         + ",writable=on,num-queues=" + numQueues,

@@ -103,6 +103,16 @@ final class EventLog<T> {
         }
     }
 
+    /** Moves the cursor past every item so far: later {@link #awaitNext} calls see only newer items. */
+    void skipAll() {
+        lock.lock();
+        try {
+            cursor = items.size();
+        } finally {
+            lock.unlock();
+        }
+    }
+
     /** Waits until the log is closed (reader reached end of stream), or the timeout expires. */
     boolean awaitClosed(Duration timeout) throws InterruptedException {
         long deadline = System.nanoTime() + timeout.toNanos();

@@ -32,8 +32,9 @@ import java.util.regex.Pattern;
  * removes the guest-RAM file in /dev/shm.
  *
  * <p>Command line (see vm-facts.md): TCG, q35, RAM as a shared /dev/shm file (vhost-user needs
- * share=on), -nodefaults, -kernel vmlinux (PVH) -initrd, -no-reboot so that the guest's power-off
- * or a panic ends QEMU.
+ * share=on), -nodefaults, -kernel vmlinux (PVH) -initrd, and by default -no-reboot so that the guest's
+ * power-off or a panic ends QEMU ({@link Options#noReboot(boolean) noReboot(false)} for tests that reset
+ * or reboot the guest; its power-off still ends QEMU).
  */
 public final class QemuGuest implements AutoCloseable {
     private static final AtomicInteger COUNTER = new AtomicInteger();
@@ -70,6 +71,7 @@ public final class QemuGuest implements AutoCloseable {
         private int cpus = 2;
         private final List<VhostUserBlkDisk> disks = new ArrayList<>();
         private String incoming;
+        private boolean noReboot = true;
         private final List<String> extraArgs = new ArrayList<>();
         private Duration qmpTimeout = Duration.ofSeconds(60);
 
@@ -131,6 +133,15 @@ public final class QemuGuest implements AutoCloseable {
 
         public Options disk(VhostUserBlkDisk v) {
             disks.add(v);
+            return this;
+        }
+
+        /**
+         * {@code -no-reboot} (default true): a guest reset or reboot ends QEMU. False keeps the guest in
+         * the same QEMU across QMP {@code system_reset} and guest-initiated reboots.
+         */
+        public Options noReboot(boolean v) {
+            noReboot = v;
             return this;
         }
 
@@ -237,8 +248,10 @@ public final class QemuGuest implements AutoCloseable {
             cmd.addAll(List.of(
                     "-kernel", o.artifacts.kernel().toString(),
                     "-initrd", o.artifacts.initrd().toString(),
-                    "-append", append.toString(),
-                    "-no-reboot"));
+                    "-append", append.toString()));
+            if (o.noReboot) {
+                cmd.add("-no-reboot");
+            }
             if (o.incoming != null) {
                 cmd.addAll(List.of("-incoming", o.incoming));
             }

@@ -17,6 +17,7 @@ import java.util.Map;
 import java.util.Optional;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.Predicate;
 
 /**
  * A minimal QMP client over a unix socket. QEMU is started with {@code -qmp unix:PATH} (client mode)
@@ -141,6 +142,17 @@ public final class QmpClient implements AutoCloseable {
     /** Waits for the next event called {@code name} not yet returned by this method. */
     public Optional<Map<String, Object>> awaitEvent(String name, Duration timeout) throws InterruptedException {
         return events.awaitNext(e -> name.equals(e.get("event")), timeout);
+    }
+
+    /** Waits for the next event (not yet returned by an await) that matches {@code match}. */
+    public Optional<Map<String, Object>> awaitEvent(Predicate<Map<String, Object>> match, Duration timeout)
+            throws InterruptedException {
+        return events.awaitNext(match, timeout);
+    }
+
+    /** Makes the awaits ignore every event received so far (e.g. before triggering a new one). */
+    public void skipEvents() {
+        events.skipAll();
     }
 
     /** All events received so far. */

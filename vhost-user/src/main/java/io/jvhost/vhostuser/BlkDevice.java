@@ -4,6 +4,7 @@ import io.jvhost.block.BlockBackend;
 import io.jvhost.iothread.AioContext;
 import io.jvhost.iothread.sys.EventFd;
 import io.jvhost.iothread.sys.Libc;
+import io.jvhost.virtqueue.DirtyLog;
 import io.jvhost.virtqueue.GuestMemory;
 import io.jvhost.virtqueue.InvalidGuestAddressException;
 import io.jvhost.virtqueue.MemoryRegion;
@@ -12,7 +13,9 @@ import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayList;
+import java.util.LinkedHashSet;
 import java.util.List;
+import java.util.Set;
 import java.util.concurrent.CompletableFuture;
 import java.util.logging.Logger;
 
@@ -25,8 +28,15 @@ import java.util.logging.Logger;
 final class BlkDevice implements Connection.Handler {
     private static final Logger LOG = Logger.getLogger(BlkDevice.class.getName());
 
-    static final long PROTOCOL_FEATURES = Proto.PF_MQ | Proto.PF_REPLY_ACK | Proto.PF_BACKEND_REQ | Proto.PF_CONFIG
-            | Proto.PF_CONFIGURE_MEM_SLOTS;
+    static final long PROTOCOL_FEATURES = Proto.PF_MQ | Proto.PF_LOG_SHMFD | Proto.PF_REPLY_ACK | Proto.PF_BACKEND_REQ
+            | Proto.PF_CONFIG | Proto.PF_RESET_DEVICE | Proto.PF_CONFIGURE_MEM_SLOTS | Proto.PF_STATUS;
+
+    /** SET_VRING_ADDR flags: VHOST_VRING_F_LOG (bit 0), log used-ring writes at the log address. */
+    static final int VRING_F_LOG = 1;
+    /** Virtio device status bits (SET_STATUS). */
+    static final int S_DRIVER_OK = 4, S_NEEDS_RESET = 64;
+    /** Bound on the used-ring pages remembered for the statistics (a front-end may re-address rings at will). */
+    private static final int MAX_USED_RING_PAGES = 4096;
 
     /** QEMU's VIRTQUEUE_MAX_SIZE: bounds the per-queue request pool a front-end can make us allocate. */
     static final int MAX_QUEUE_SIZE = 1024;
@@ -45,6 +55,18 @@ final class BlkDevice implements Connection.Handler {
     private int backendReqFd = -1;
     private boolean writeback = true;
     private boolean closed;
+    private int status; // virtio device status byte (SET_STATUS)
+
+    // Dirty logging (migration). The queues get every change through posted tasks (see pushLog).
+    private final DirtyAccounting dirty = new DirtyAccounting();
+    private DirtyLog log;
+    private EventFd logCall;
+    /** The last SET_LOG_BASE was refused: LOG_ALL is refused until a log is mapped, so the front-end notices. */
+    private boolean logBaseRefused;
+    /** LOG_ALL was on since the last statistics line (one line per logging session). */
+    private boolean logSessionOpen;
+    /** Pages (at their log address) of the used rings that were given VHOST_VRING_F_LOG. */
+    private final Set<Long> usedRingLogPages = new LinkedHashSet<>();
 
     /** Front-end view of one ring; the live ring state is in {@link BlkQueue} on its iothread. */
     private static final class Vring {
@@ -71,13 +93,13 @@ final class BlkDevice implements Connection.Handler {
         this.onDone = onDone;
         this.vrings = new Vring[cfg.numQueues()];
         for (int i = 0; i < vrings.length; i++) {
-            vrings[i] = new Vring(new BlkQueue(name + " vq" + i, i, threads.get(i), blk, cfg.serial(), cfg.logicalBlockSize()));
+            vrings[i] = new Vring(new BlkQueue(name + " vq" + i, i, threads.get(i), blk, cfg.serial(), cfg.logicalBlockSize(), dirty));
         }
         blk.setWriteCacheEnabled(writeback);
     }
 
     long offeredFeatures() {
-        long f = Proto.F_VERSION_1 | Proto.F_INDIRECT_DESC | Proto.F_EVENT_IDX | Proto.F_PROTOCOL_FEATURES
+        long f = Proto.F_VERSION_1 | Proto.F_INDIRECT_DESC | Proto.F_EVENT_IDX | Proto.F_PROTOCOL_FEATURES | Proto.F_LOG_ALL
                 | VirtioBlk.F_SIZE_MAX | VirtioBlk.F_SEG_MAX | VirtioBlk.F_BLK_SIZE | VirtioBlk.F_FLUSH
                 | VirtioBlk.F_TOPOLOGY | VirtioBlk.F_CONFIG_WCE | VirtioBlk.F_MQ | VirtioBlk.F_DISCARD
                 | VirtioBlk.F_WRITE_ZEROES | VirtioBlk.F_OUT_FUA;
@@ -141,7 +163,7 @@ final class BlkDevice implements Connection.Handler {
         }
     }
 
-    private static boolean hasOwnReply(int req) {
+    private boolean hasOwnReply(int req) {
         switch (req) {
             case Proto.GET_FEATURES:
             case Proto.GET_PROTOCOL_FEATURES:
@@ -150,6 +172,10 @@ final class BlkDevice implements Connection.Handler {
             case Proto.GET_CONFIG:
             case Proto.GET_MAX_MEM_SLOTS:
                 return true;
+            case Proto.GET_STATUS: // without STATUS it is refused like any unknown message (REPLY_ACK nack)
+                return (ackedProtocolFeatures & Proto.PF_STATUS) != 0;
+            case Proto.SET_LOG_BASE: // the spec's mandatory reply, only with LOG_SHMFD
+                return (ackedProtocolFeatures & Proto.PF_LOG_SHMFD) != 0;
             default:
                 return false;
         }
@@ -179,10 +205,27 @@ final class BlkDevice implements Connection.Handler {
                 return null;
             case Proto.RESET_OWNER:
                 // Deprecated; treated as "stop every ring" so a front-end using it gets a quiet device.
-                return stopAll().thenRun(() -> {
+                return stopAll().thenComposeAsync(x -> {
+                    if (closed) return CompletableFuture.completedFuture(null);
+                    boolean wasLogging = logging();
                     ackedFeatures = 0;
                     featuresSet = false;
-                });
+                    return wasLogging ? pushLog().thenRunAsync(this::endLogSession, mainLoop) : CompletableFuture.completedFuture(null);
+                }, mainLoop);
+            case Proto.RESET_DEVICE:
+                m.expectSize(0);
+                return resetDevice();
+            case Proto.SET_STATUS:
+                return setStatus(m);
+            case Proto.GET_STATUS:
+                requireStatusFeature(m);
+                m.expectSize(0);
+                c.replyU64(m.request, deviceStatus());
+                return null;
+            case Proto.SET_LOG_BASE:
+                return setLogBase(c, m);
+            case Proto.SET_LOG_FD:
+                return setLogFd(m);
             case Proto.GET_QUEUE_NUM:
                 m.expectSize(0);
                 c.replyU64(m.request, vrings.length);
@@ -264,6 +307,12 @@ final class BlkDevice implements Connection.Handler {
                 throw new ProtocolException("SET_FEATURES changes ring features while rings run");
             }
         }
+        if ((f & Proto.F_LOG_ALL) != 0 && logBaseRefused) {
+            // QEMU ignores the value of SET_LOG_BASE's reply but checks this ack: refusing here makes a log we
+            // could not map fail the migration instead of silently losing dirty pages.
+            throw new ProtocolException("SET_FEATURES: LOG_ALL refused, the last SET_LOG_BASE could not be mapped");
+        }
+        boolean wasLogging = logging();
         ackedFeatures = f;
         featuresSet = true;
         // Without PROTOCOL_FEATURES rings are enabled from the start (spec).
@@ -272,7 +321,196 @@ final class BlkDevice implements Connection.Handler {
         }
         // No FLUSH negotiated: the driver cannot ask for stability, so every write must be stable (writethrough).
         blk.setWriteCacheEnabled(writeback && (f & VirtioBlk.F_FLUSH) != 0);
-        return null;
+        if (wasLogging == logging()) return null;
+        // Migration toggles LOG_ALL while the rings run: the queues switch between two requests, nothing stops.
+        // The ack waits for that, so every write after it is logged (on) or the counts are final (off).
+        if (logging()) logSessionOpen = true;
+        return pushLog().thenRunAsync(() -> {
+            if (!logging()) endLogSession();
+        }, mainLoop);
+    }
+
+    // ---------------------------------------------------------------- dirty logging
+
+    private boolean logging() {
+        return (ackedFeatures & Proto.F_LOG_ALL) != 0;
+    }
+
+    /** Hands the current log, LOG_ALL and log eventfd to every queue; completes when all of them switched. */
+    private CompletableFuture<Void> pushLog() {
+        List<CompletableFuture<?>> fs = new ArrayList<>();
+        for (Vring v : vrings) fs.add(v.q.setLog(log, logging(), logCall));
+        return CompletableFuture.allOf(fs.toArray(new CompletableFuture[0]));
+    }
+
+    /** The statistics line, once per logging session (LOG_ALL off, device reset or disconnect). */
+    private void endLogSession() {
+        if (!logSessionOpen) return;
+        logSessionOpen = false;
+        LOG.info(name + ": " + dirtyStats().logText());
+    }
+
+    DirtyStats dirtyStats() {
+        int usedMarked = 0;
+        for (long p : usedRingLogPages) if (dirty.pages.contains(p)) usedMarked++;
+        return new DirtyStats(dirty.pages.count(), usedMarked, usedRingLogPages.size(), dirty.outsideLog.sum());
+    }
+
+    /** Remembers the pages a ring's used ring occupies at its log address (for the statistics only). */
+    private void noteUsedRingLog(Vring v) {
+        if ((v.addrFlags & VRING_F_LOG) == 0 || v.num == 0) return;
+        long first = v.logGpa, last = v.logGpa + 6 + 8L * v.num - 1;
+        if (Long.compareUnsigned(last, first) < 0) return; // wraps: no page of it can be marked either
+        for (long p = first >>> DirtyLog.PAGE_SHIFT; p <= last >>> DirtyLog.PAGE_SHIFT; p++) {
+            if (usedRingLogPages.size() >= MAX_USED_RING_PAGES) return;
+            usedRingLogPages.add(p);
+        }
+    }
+
+    /**
+     * SET_LOG_BASE (LOG_SHMFD): {u64 mmap_size, u64 mmap_offset} + the log's fd. The reply (u64: 0 mapped, 1
+     * refused) is sent only after every queue has switched to the new log, and the previous log is unmapped only
+     * then: QEMU syncs and frees the old log as soon as it has the reply.
+     */
+    private CompletableFuture<Void> setLogBase(Connection c, Message m) throws ProtocolException {
+        if ((ackedProtocolFeatures & Proto.PF_LOG_SHMFD) == 0) {
+            // Without LOG_SHMFD the log would be an address in the front-end's own memory: unusable for us.
+            throw new ProtocolException("SET_LOG_BASE without the LOG_SHMFD protocol feature");
+        }
+        DirtyLog next;
+        int fd = m.takeFd(0);
+        try {
+            if (m.size() != 16) throw new IOException("payload size " + m.size() + ", expected 16");
+            long size = m.payload.getLong(0), offset = m.payload.getLong(8);
+            if (fd < 0) throw new IOException("no fd");
+            next = DirtyLog.map(fd, size, offset);
+        } catch (IOException | IllegalArgumentException e) {
+            refuseLogBase(c, e.getMessage());
+            return null;
+        } finally {
+            if (fd >= 0) Libc.close(fd); // the mapping keeps the memory
+        }
+        long end = 0;
+        for (MemoryRegion r : mem.regions()) end = Math.max(end, r.gpa() + r.size());
+        if (Long.compareUnsigned(end, next.pages() << DirtyLog.PAGE_SHIFT) > 0) {
+            // The spec wants the log to cover all guest memory; QEMU resizes it before growing memory. Marks past
+            // it are counted and reported, not fatal.
+            LOG.warning(name + ": " + next + " does not cover guest memory up to 0x" + Long.toHexString(end));
+        }
+        DirtyLog old = log;
+        log = next;
+        logBaseRefused = false;
+        return pushLog().thenRunAsync(() -> {
+            if (old != null) old.close();
+            c.replyU64(Proto.SET_LOG_BASE, 0);
+        }, mainLoop);
+    }
+
+    private void refuseLogBase(Connection c, String why) {
+        LOG.warning(name + ": SET_LOG_BASE refused: " + why);
+        logBaseRefused = true;
+        c.replyU64(Proto.SET_LOG_BASE, 1);
+        if (logging()) {
+            // The front-end believes its new log is in use (QEMU does not look at the reply's value) and frees the
+            // old one: writes from now on would go unlogged. Dropping the session is the only honest answer.
+            LOG.warning(name + ": dirty logging is on and the new log is unusable; closing connection");
+            c.close();
+        }
+    }
+
+    /** SET_LOG_FD: an optional eventfd, signalled once per completion batch that marked pages. */
+    private CompletableFuture<Void> setLogFd(Message m) throws ProtocolException {
+        int fd = m.takeFd(0);
+        if (fd < 0) throw new ProtocolException("SET_LOG_FD without fd");
+        if (!isEventFd(fd)) {
+            Libc.close(fd);
+            throw new ProtocolException("SET_LOG_FD: fd is not an eventfd");
+        }
+        try {
+            Libc.setNonBlocking(fd);
+        } catch (IOException e) {
+            Libc.close(fd);
+            throw new ProtocolException("SET_LOG_FD: " + e.getMessage());
+        }
+        EventFd old = logCall;
+        logCall = EventFd.adopt(fd);
+        return pushLog().thenRunAsync(() -> closeQuietly(old), mainLoop);
+    }
+
+    // ---------------------------------------------------------------- reset and status
+
+    private void requireStatusFeature(Message m) throws ProtocolException {
+        if ((ackedProtocolFeatures & Proto.PF_STATUS) == 0) {
+            throw new ProtocolException(Proto.name(m.request) + " without the STATUS protocol feature");
+        }
+    }
+
+    /** The stored status, plus DEVICE_NEEDS_RESET while a running ring is broken (a stop or reset clears it). */
+    private long deviceStatus() {
+        int s = status;
+        for (Vring v : vrings) if (v.running && v.q.needsReset()) s |= S_NEEDS_RESET;
+        return s;
+    }
+
+    /**
+     * SET_STATUS: stores the virtio status byte. Leaving DRIVER_OK, or 0 (reset), quiesces every ring exactly like
+     * GET_VRING_BASE (in-flight requests complete first; the ack follows). Ring state is kept: QEMU 8+ sends
+     * SET_STATUS 0 in vhost_dev_stop BEFORE GET_VRING_BASE and migrates the bases that returns.
+     */
+    private CompletableFuture<Void> setStatus(Message m) throws ProtocolException {
+        requireStatusFeature(m);
+        m.expectSize(8);
+        long s = m.u64(0);
+        if (s < 0 || s > 0xff) throw new ProtocolException("SET_STATUS: 0x" + Long.toHexString(s) + " is not a status byte");
+        int old = status;
+        status = (int) s;
+        if (s != 0 && ((old & S_DRIVER_OK) == 0 || (s & S_DRIVER_OK) != 0)) return null;
+        List<CompletableFuture<?>> fs = new ArrayList<>();
+        for (Vring v : vrings) fs.add(stopAndForgetKick(v));
+        return CompletableFuture.allOf(fs.toArray(new CompletableFuture[0]));
+    }
+
+    /**
+     * RESET_DEVICE: stops every ring (requests complete first), then returns the device to its initial state:
+     * features, ring configuration (size, addresses, base, kick, enable), dirty log, status byte and the write
+     * cache mode. Kept, being the session rather than the device: ownership, protocol features, the memory
+     * table (QEMU only sends memory changes, it would not resend it), the call/err eventfds (QEMU sends err fds
+     * only at realize) and the back-end request channel.
+     */
+    private CompletableFuture<Void> resetDevice() {
+        return stopAll().thenComposeAsync(x -> {
+            if (closed) return CompletableFuture.completedFuture(null);
+            boolean wasLogging = logging();
+            for (Vring v : vrings) {
+                v.num = 0;
+                v.addrSet = false;
+                v.descUaddr = v.usedUaddr = v.availUaddr = v.logGpa = 0;
+                v.addrFlags = 0;
+                v.base = 0;
+                v.enabled = false;
+                v.started = false;
+                closeQuietly(v.kick);
+                v.kick = null;
+            }
+            ackedFeatures = 0;
+            featuresSet = false;
+            status = 0;
+            writeback = true;
+            blk.setWriteCacheEnabled(writeback);
+            DirtyLog oldLog = log;
+            EventFd oldCall = logCall;
+            log = null;
+            logCall = null;
+            logBaseRefused = false;
+            List<CompletableFuture<?>> fs = new ArrayList<>();
+            fs.add(pushLog());
+            for (Vring v : vrings) fs.add(v.q.setUsedRingLog(false, 0));
+            return CompletableFuture.allOf(fs.toArray(new CompletableFuture[0])).thenRunAsync(() -> {
+                if (oldLog != null) oldLog.close();
+                closeQuietly(oldCall);
+                if (wasLogging) endLogSession();
+            }, mainLoop);
+        }, mainLoop);
     }
 
     // ---------------------------------------------------------------- memory
@@ -387,9 +625,12 @@ final class BlkDevice implements Connection.Handler {
             if (desc != v.descUaddr || used != v.usedUaddr || avail != v.availUaddr) {
                 throw new ProtocolException("SET_VRING_ADDR moves a running ring");
             }
-            v.addrFlags = flags; // logging flag toggles (migration) do not stop the ring
+            // Migration toggles VHOST_VRING_F_LOG on running rings: switched between two requests, never stopped.
+            // The ack waits for the switch, so every used-ring write after it is logged.
+            v.addrFlags = flags;
             v.logGpa = log;
-            return null;
+            noteUsedRingLog(v);
+            return v.q.setUsedRingLog((flags & VRING_F_LOG) != 0, log);
         }
         v.descUaddr = desc;
         v.usedUaddr = used;
@@ -397,7 +638,11 @@ final class BlkDevice implements Connection.Handler {
         v.logGpa = log;
         v.addrFlags = flags;
         v.addrSet = true;
-        return maybeStart(v);
+        noteUsedRingLog(v);
+        // Posted before any start task, so the ring starts with it (tasks of one iothread run in order).
+        CompletableFuture<Void> logSet = v.q.setUsedRingLog((flags & VRING_F_LOG) != 0, log);
+        CompletableFuture<Void> started = maybeStart(v);
+        return started == null ? logSet : CompletableFuture.allOf(logSet, started);
     }
 
     private CompletableFuture<Void> setVringFd(Message m, int which) throws ProtocolException {
@@ -475,16 +720,24 @@ final class BlkDevice implements Connection.Handler {
     private CompletableFuture<Void> getVringBase(Connection c, Message m) throws ProtocolException {
         Vring v = vringOf(m, 8);
         int idx = m.u32(0);
-        return stopRing(v).thenAcceptAsync(next -> {
-            // Stopped: the kick fd goes; a later SET_VRING_KICK starts the ring again.
-            v.started = false;
-            if (v.kick != null) {
-                v.kick.close();
-                v.kick = null;
-            }
+        return stopAndForgetKick(v).thenRunAsync(() -> {
             ByteBuffer b = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putInt(idx).putInt(v.base);
             b.flip();
             c.reply(Proto.GET_VRING_BASE, b);
+        }, mainLoop);
+    }
+
+    /**
+     * The ring stop of GET_VRING_BASE (and of SET_STATUS leaving DRIVER_OK): drains the ring, then forgets its
+     * kick fd, so only a new SET_VRING_KICK starts it again (from v.base, the next avail index).
+     */
+    private CompletableFuture<Void> stopAndForgetKick(Vring v) {
+        return stopRing(v).thenAcceptAsync(next -> {
+            v.started = false;
+            if (v.kick != null && !v.running) {
+                v.kick.close();
+                v.kick = null;
+            }
         }, mainLoop);
     }
 
@@ -502,6 +755,7 @@ final class BlkDevice implements Connection.Handler {
             return CompletableFuture.failedFuture(new ProtocolException("ring addresses do not translate: " + e.getMessage()));
         }
         v.running = true;
+        noteUsedRingLog(v);
         boolean eventIdx = (ackedFeatures & Proto.F_EVENT_IDX) != 0;
         return v.q.start(new BlkQueue.StartParams(mem, v.num, desc, avail, used, eventIdx, v.base, v.kick, v.call, v.err,
                         (ackedFeatures & VirtioBlk.F_OUT_FUA) != 0))
@@ -602,6 +856,13 @@ final class BlkDevice implements Connection.Handler {
             }
             for (MemoryRegion r : mem.regions()) r.close();
             mem = GuestMemory.empty();
+            if (log != null) {
+                log.close();
+                log = null;
+            }
+            closeQuietly(logCall);
+            logCall = null;
+            endLogSession(); // only if logging was still on: the line of a migration source that just quit
             if (backendReqFd >= 0) {
                 Libc.close(backendReqFd);
                 backendReqFd = -1;

@@ -7,10 +7,12 @@ import io.jvhost.iothread.AioContext;
 import io.jvhost.iothread.BottomHalf;
 import io.jvhost.iothread.sys.EventFd;
 import io.jvhost.virtqueue.DescChain;
+import io.jvhost.virtqueue.DirtyLog;
 import io.jvhost.virtqueue.GuestMemory;
 import io.jvhost.virtqueue.InvalidGuestAddressException;
 import io.jvhost.virtqueue.RingException;
 import io.jvhost.virtqueue.SplitRing;
+import io.jvhost.virtqueue.UsedRingWriteLog;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -67,14 +69,28 @@ final class BlkQueue {
     private final BottomHalf processBh;
     private CompletableFuture<Integer> stopFuture;
     private long requestsDone;
+    /** Set when the ring broke (read by the main loop for GET_STATUS's DEVICE_NEEDS_RESET); cleared by start. */
+    private volatile boolean needsReset;
 
-    BlkQueue(String name, int index, AioContext ctx, BlockBackend blk, String serial, int lbs) {
+    // Dirty logging (live migration), iothread-confined like the rest: the main loop changes it only by posting
+    // setLog/setUsedRingLog, so a log that was replaced is never touched again once those tasks have run.
+    private final DirtyAccounting dirty;
+    private final UsedRingWriteLog usedLogger = this::logUsedWrite;
+    private DirtyLog log;
+    private boolean logAll;        // VHOST_F_LOG_ALL acked
+    private boolean logUsedRing;   // VHOST_VRING_F_LOG in SET_VRING_ADDR
+    private long logUsedGpa;       // SET_VRING_ADDR log_guest_addr: where used-ring writes are logged
+    private EventFd logCall;       // SET_LOG_FD (optional)
+    private boolean logKickPending;
+
+    BlkQueue(String name, int index, AioContext ctx, BlockBackend blk, String serial, int lbs, DirtyAccounting dirty) {
         this.name = name;
         this.index = index;
         this.ctx = ctx;
         this.blk = blk;
         this.serial = serial.getBytes(StandardCharsets.UTF_8);
         this.lbs = lbs;
+        this.dirty = dirty;
         this.flushBh = ctx.newBottomHalf(this::flushUsed);
         this.processBh = ctx.newBottomHalf(this::process);
     }
@@ -92,12 +108,14 @@ final class BlkQueue {
         return ctx.submit(() -> {
             checkThread();
             ring = new SplitRing(p.mem, p.size, p.desc, p.avail, p.used, p.eventIdx, p.base);
+            ring.setUsedWriteLog(usedLogger);
             mem = p.mem;
             kick = p.kick;
             call = p.call;
             err = p.err;
             outFua = p.outFua;
             broken = false;
+            needsReset = false;
             running = true;
             stopFuture = null;
             if (pool.length < p.size) {
@@ -169,6 +187,38 @@ final class BlkQueue {
         return requestsDone;
     }
 
+    /** Whether the ring broke since it was last started (any thread). */
+    boolean needsReset() {
+        return needsReset;
+    }
+
+    /**
+     * Device-wide dirty-log settings: the log (null: none), whether VHOST_F_LOG_ALL is on, the optional SET_LOG_FD
+     * eventfd. Applied between two requests, without stopping the ring; once the future completed this queue no
+     * longer touches the previous log or eventfd (the caller may unmap/close them).
+     */
+    CompletableFuture<Void> setLog(DirtyLog newLog, boolean on, EventFd newLogCall) {
+        return ctx.submit(() -> {
+            checkThread();
+            if (logKickPending && logCall != null && logCall != newLogCall) logCall.signal(); // marks made for the old one
+            logKickPending = false;
+            log = newLog;
+            logAll = on;
+            logCall = newLogCall;
+            return null;
+        });
+    }
+
+    /** This ring's VHOST_VRING_F_LOG and log_guest_addr (SET_VRING_ADDR); may change while the ring runs. */
+    CompletableFuture<Void> setUsedRingLog(boolean on, long logGpa) {
+        return ctx.submit(() -> {
+            checkThread();
+            logUsedRing = on;
+            logUsedGpa = logGpa;
+            return null;
+        });
+    }
+
     String name() {
         return name;
     }
@@ -228,6 +278,7 @@ final class BlkQueue {
     private void markBroken(String why) {
         if (broken) return;
         broken = true;
+        needsReset = true;
         // One clear line; the queue stops (virtio: DEVICE_NEEDS_RESET). Other queues and exports keep going.
         LOG.severe(name + ": ring broken, queue stopped (needs reset): " + why);
         if (kickHandler != null) {
@@ -237,23 +288,68 @@ final class BlkQueue {
         if (err != null) err.signal();
     }
 
-    /** Publishes used entries and notifies the driver once per batch. */
+    /** Publishes used entries and notifies the driver once per batch (and the log eventfd, if pages were marked). */
     private void flushUsed() {
-        if (!usedDirty) return;
-        usedDirty = false;
-        try {
-            ring.publish();
-            if (ring.needsNotify() && call != null) call.signal();
-        } catch (RingException e) {
-            markBroken(e.getMessage());
-        } catch (InternalError e) {
-            markBroken("guest memory access faulted: " + e.getMessage());
+        if (usedDirty) {
+            usedDirty = false;
+            try {
+                ring.publish();
+                if (ring.needsNotify() && call != null) call.signal();
+            } catch (RingException e) {
+                markBroken(e.getMessage());
+            } catch (InternalError e) {
+                markBroken("guest memory access faulted: " + e.getMessage());
+            }
+        }
+        if (logKickPending) {
+            // Like libvhost-user's vu_log_kick, but once per batch instead of once per write.
+            logKickPending = false;
+            if (logCall != null) logCall.signal();
+        }
+    }
+
+    // ---------------------------------------------------------------- dirty logging
+
+    /** Marks the pages of guest-physical [gpa, gpa+len) the device has just written, if logging is on. */
+    private void logWrite(long gpa, long len) {
+        if (!logAll || log == null || len <= 0) return;
+        markRange(gpa, len);
+    }
+
+    /** SplitRing wrote [off, off+len) of the used ring: logged at log_guest_addr + off with VHOST_VRING_F_LOG. */
+    private void logUsedWrite(long off, int len) {
+        if (!logAll || !logUsedRing || log == null) return;
+        markRange(logUsedGpa + off, len);
+    }
+
+    private void markRange(long gpa, long len) {
+        long last = gpa + len - 1;
+        if (Long.compareUnsigned(last, gpa) < 0) { // wraps 2^64: a hostile log_guest_addr, nothing to mark there
+            outsideLog(gpa);
+            return;
+        }
+        for (long p = gpa >>> DirtyLog.PAGE_SHIFT, end = last >>> DirtyLog.PAGE_SHIFT; p <= end; p++) {
+            if (log.markPage(p)) {
+                dirty.pages.add(p);
+                logKickPending = true;
+            } else {
+                outsideLog(p << DirtyLog.PAGE_SHIFT);
+            }
+        }
+    }
+
+    private void outsideLog(long gpa) {
+        dirty.outsideLog.increment();
+        if (dirty.warnedOutside.compareAndSet(false, true)) {
+            LOG.severe(name + ": a write at guest address 0x" + Long.toHexString(gpa) + " lies outside the dirty log (" + log
+                    + "): migration may miss such pages; further ones are only counted");
         }
     }
 
     private void finish(Req r, int status, int usedLen) {
         try {
             mem.writeU8(r.statusGpa, status);
+            logWrite(r.statusGpa, 1);
             ring.push(r.chain.head(), usedLen);
             usedDirty = true;
         } catch (InvalidGuestAddressException | RingException e) {
@@ -294,6 +390,8 @@ final class BlkQueue {
         long statusGpa;
         int type;
         int usedLen;
+        /** Bytes of the writable buffers a submitted read may have filled (0: none); logged at completion. */
+        long readLen;
 
         /** Parses and submits; statuses that need no I/O complete at once. */
         /** Whether the request went to the block layer (then only its completion may finish it). */
@@ -305,6 +403,7 @@ final class BlkQueue {
          */
         void handleSafely() {
             submitted = false;
+            readLen = 0;
             try {
                 handle();
             } catch (RuntimeException | InternalError e) {
@@ -410,6 +509,7 @@ final class BlkQueue {
             } else {
                 gather(false, 0, len);
                 usedLen = (int) Math.min(Integer.MAX_VALUE, len + 1);
+                readLen = len;
                 submitted = true;
                 blk.preadv(off, iov, this);
             }
@@ -420,6 +520,7 @@ final class BlkQueue {
             byte[] id = new byte[n]; // GET_ID is rare (probe time); not on the I/O hot path
             System.arraycopy(serial, 0, id, 0, Math.min(serial.length, n));
             writeWritable(id, n);
+            logWritable(n);
             done(VirtioBlk.S_OK, n + 1);
         }
 
@@ -507,6 +608,16 @@ final class BlkQueue {
             }
         }
 
+        /** Logs the first {@code len} bytes of the device-writable buffers (they were just written). */
+        private void logWritable(long len) {
+            if (!logAll || log == null) return;
+            for (int i = chain.readableCount(); i < chain.count() && len > 0; i++) {
+                long n = Math.min(chain.len(i), len);
+                markRange(chain.addr(i), n);
+                len -= n;
+            }
+        }
+
         private void done(int status, int len) {
             finish(this, status, len);
         }
@@ -515,6 +626,9 @@ final class BlkQueue {
         @Override
         public void complete(int ret) {
             checkThread();
+            // A read wrote into guest buffers, even a failed one may have in part: log them after the I/O and
+            // before the used entry is published.
+            if (readLen > 0) logWritable(readLen);
             finish(this, ret == 0 ? VirtioBlk.S_OK : VirtioBlk.S_IOERR, ret == 0 ? usedLen : 1);
         }
     }

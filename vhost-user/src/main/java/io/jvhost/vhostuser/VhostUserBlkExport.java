@@ -34,6 +34,8 @@ public final class VhostUserBlkExport implements AutoCloseable {
     private int serverFd;
     private AioContext.FdHandler acceptHandler;
     private Connection conn;
+    private BlkDevice device;
+    private DirtyStats lastDirtyStats = DirtyStats.NONE;
     private CompletableFuture<Void> connDone = CompletableFuture.completedFuture(null);
     private int connections;
     private boolean closed;
@@ -90,6 +92,18 @@ public final class VhostUserBlkExport implements AutoCloseable {
         return connections;
     }
 
+    /**
+     * Dirty-page logging done for the current front-end since it connected (for the previous one once it is gone;
+     * {@link DirtyStats#NONE} before any). Any thread.
+     */
+    public DirtyStats dirtyStats() {
+        try {
+            return call(() -> device != null ? device.dirtyStats() : lastDirtyStats);
+        } catch (IOException e) {
+            throw new IllegalStateException(e.getMessage(), e);
+        }
+    }
+
     private void onAcceptable() {
         if (closed || conn != null) return;
         AFUNIXSocketChannel ch;
@@ -104,13 +118,18 @@ public final class VhostUserBlkExport implements AutoCloseable {
         String name = "export " + cfg.id() + " conn#" + connections;
         try {
             CompletableFuture<Void> done = new CompletableFuture<>();
+            BlkDevice[] self = new BlkDevice[1];
             BlkDevice dev = new BlkDevice(name, cfg, blk, mainLoop, queueThreads, () -> {
                 conn = null;
+                lastDirtyStats = self[0].dirtyStats();
+                device = null;
                 done.complete(null);
                 LOG.info(name + ": closed");
                 if (!closed) resumeAccepting();
             });
+            self[0] = dev;
             conn = new Connection(name, ch, mainLoop, dev);
+            device = dev;
             connDone = done;
             // One front-end at a time: stop accepting until this one is gone (others wait in the backlog).
             acceptHandler.remove();
@@ -120,6 +139,7 @@ public final class VhostUserBlkExport implements AutoCloseable {
         } catch (IOException e) {
             LOG.warning(name + ": cannot set up connection: " + e.getMessage());
             conn = null;
+            device = null;
             try {
                 ch.close();
             } catch (IOException ignored) {

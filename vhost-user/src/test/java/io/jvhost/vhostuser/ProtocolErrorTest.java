@@ -109,7 +109,7 @@ class ProtocolErrorTest extends ExportTestBase {
             expectNack("SET_OWNER with a payload", SET_OWNER, new byte[8]);
             expectNack("SET_BACKEND_REQ_FD without fd", SET_BACKEND_REQ_FD, null);
             expectNack("GET_INFLIGHT_FD (not offered)", GET_INFLIGHT_FD, le(16).array());
-            expectNack("SET_STATUS (not offered)", SET_STATUS, le(8).putLong(15).array());
+            expectNack("SET_STATUS (STATUS not negotiated)", SET_STATUS, le(8).putLong(15).array());
         }
         assertEquals(1, ex.export.connectionCount(), "never disconnected");
         // The memory table is what the handshake sent: buffers in both regions still work.

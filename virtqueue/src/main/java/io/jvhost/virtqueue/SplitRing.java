@@ -52,6 +52,7 @@ public final class SplitRing {
     private boolean signalledValid;
     private boolean notifyEnabled = true;
     private boolean primed;
+    private UsedRingWriteLog usedLog;
 
     /**
      * Attaches to a ring. Reads used->idx (the device continues from there) but writes nothing to guest memory
@@ -110,6 +111,16 @@ public final class SplitRing {
 
     public GuestMemory memory() {
         return mem;
+    }
+
+    /** Reports every used-ring write to {@code l} from now on (null: nobody). For dirty logging (migration). */
+    public void setUsedWriteLog(UsedRingWriteLog l) {
+        this.usedLog = l;
+    }
+
+    /** Offset of used->avail_event from the start of the used ring. */
+    public long availEventOffset() {
+        return 4 + 8L * size;
     }
 
     public int size() {
@@ -171,7 +182,7 @@ public final class SplitRing {
         walk(head, out);
         lastAvail = (lastAvail + 1) & 0xffff;
         // With EVENT_IDX, ask to be kicked for the next buffer (as QEMU/libvhost-user do); skipped while disabled.
-        if (eventIdx && notifyEnabled) writeU16(availEventGpa, lastAvail, "avail_event");
+        if (eventIdx && notifyEnabled) writeUsed16(availEventGpa, lastAvail, "avail_event");
         return true;
     }
 
@@ -244,6 +255,8 @@ public final class SplitRing {
         } catch (InvalidGuestAddressException | InternalError ex) {
             throw new RingException("cannot write used element: " + ex.getMessage(), ex);
         }
+        UsedRingWriteLog l = usedLog;
+        if (l != null) l.usedWritten(e - usedGpa, 8);
         lastUsed = (lastUsed + 1) & 0xffff;
     }
 
@@ -254,6 +267,8 @@ public final class SplitRing {
         } catch (InvalidGuestAddressException | InternalError e) {
             throw new RingException("cannot write used->idx: " + e.getMessage(), e);
         }
+        UsedRingWriteLog l = usedLog;
+        if (l != null) l.usedWritten(2, 2);
         publishedUsed = lastUsed;
     }
 
@@ -306,12 +321,12 @@ public final class SplitRing {
     private void applyNotificationState() throws RingException {
         primed = true;
         if (eventIdx) {
-            if (notifyEnabled) writeU16(availEventGpa, lastAvail, "avail_event");
+            if (notifyEnabled) writeUsed16(availEventGpa, lastAvail, "avail_event");
             return;
         }
         int flags = readU16(usedGpa, "used->flags");
         int want = notifyEnabled ? flags & ~VIRTQ_USED_F_NO_NOTIFY : flags | VIRTQ_USED_F_NO_NOTIFY;
-        if (want != flags) writeU16(usedGpa, want, "used->flags");
+        if (want != flags) writeUsed16(usedGpa, want, "used->flags");
     }
 
     private int readU16(long gpa, String what) throws RingException {
@@ -330,12 +345,15 @@ public final class SplitRing {
         }
     }
 
-    private void writeU16(long gpa, int v, String what) throws RingException {
+    /** A u16 store into the used ring (flags or avail_event), reported to the used-ring write log. */
+    private void writeUsed16(long gpa, int v, String what) throws RingException {
         try {
             mem.writeU16(gpa, v);
         } catch (InvalidGuestAddressException | InternalError e) {
             throw new RingException("cannot write " + what + ": " + e.getMessage(), e);
         }
+        UsedRingWriteLog l = usedLog;
+        if (l != null) l.usedWritten(gpa - usedGpa, 2);
     }
 
     @Override

@@ -109,6 +109,51 @@ class SplitRingTest {
     }
 
     @Test
+    void everyUsedRingWriteIsReportedWithItsOffset() throws Exception {
+        // Without EVENT_IDX: used->flags (NO_NOTIFY toggles), elements, idx.
+        TestGuest.Driver d = driver(8, 0);
+        SplitRing r = ring(8, false, 0);
+        List<long[]> writes = new ArrayList<>();
+        r.setUsedWriteLog((off, len) -> writes.add(new long[] {off, len}));
+        d.desc(3, BUF, 16, 0, 0);
+        d.offer(3);
+        r.disableNotification();
+        assertTrue(r.pop(new DescChain(4)));
+        assertFalse(r.enableNotification());
+        r.push(3, 0);
+        r.publish();
+        assertEquals(List.of("0+2", "0+2", "4+8", "2+2"), describe(writes), "flags set, flags cleared, ring[0], idx");
+
+        // With EVENT_IDX: avail_event instead of flags; element slots wrap with the ring.
+        d = driver(4, 5);
+        r = ring(4, true, 5);
+        writes.clear();
+        r.setUsedWriteLog((off, len) -> writes.add(new long[] {off, len}));
+        d.desc(1, BUF, 16, 0, 0);
+        d.offer(1);
+        assertTrue(r.pop(new DescChain(4)));
+        r.push(1, 7);
+        r.publish();
+        long availEvent = 4 + 8 * 4;
+        assertEquals(availEvent, r.availEventOffset());
+        assertEquals(List.of(availEvent + "+2", availEvent + "+2", (4 + 8 * (5 % 4)) + "+8", "2+2"), describe(writes),
+                "avail_event (priming, pop), ring[5 % 4], idx");
+        r.setUsedWriteLog(null);
+        writes.clear();
+        d.offer(1);
+        assertTrue(r.pop(new DescChain(4)));
+        r.push(1, 7);
+        r.publish();
+        assertTrue(writes.isEmpty(), "no log after setUsedWriteLog(null)");
+    }
+
+    private static List<String> describe(List<long[]> writes) {
+        List<String> out = new ArrayList<>();
+        for (long[] w : writes) out.add(w[0] + "+" + w[1]);
+        return out;
+    }
+
+    @Test
     void multipleChainsInFifoOrderAndPushValidation() throws Exception {
         TestGuest.Driver d = driver(4, 0);
         SplitRing r = ring(4, false, 0);

@@ -518,4 +518,35 @@ class QsdInteropTest {
         assertEquals(BLK_S_OK, r.status());
         assertArrayEquals(new byte[4096], r.data());
     }
+
+    @Test
+    void dirtyLogPagesMatchWhatTheFixtureExpects() throws Exception {
+        // Proves MigrationLog (bit order, offsets) and DirtyLoggingTest's page expectations against libvhost-user.
+        startQsd(1);
+        VhostUserFrontend.Negotiated n = connect(new VhostUserFrontend.Options());
+        assertTrue((n.offeredFeatures() & bit(F_LOG_ALL)) != 0, "QSD offers VHOST_F_LOG_ALL");
+        assertTrue(n.hasProtocol(PF_LOG_SHMFD));
+        DriverQueue q = fe.queue(0);
+        try (MigrationLog log = MigrationLog.covering(mem.region(1).gpaEnd())) {
+            long reply = fe.setLogBase(log);
+            assertEquals(log.size(), reply, "QSD 7.2 quirk: the reply's u64 is the log size (QEMU checks only the type)");
+            fe.setFeatures(n.features() | bit(F_LOG_ALL));
+            fe.setVringAddr(q, true);
+            long g = mem.region(1).gpa() + (3L << 20) + 100;
+            BlkRequest r = q.await(q.submit(BlkRequest.read(16, 12800).dataAt(g).segmentSizes(4096, 8192, 512)), T);
+            assertEquals(BLK_S_OK, r.status());
+            java.util.SortedSet<Long> want = new java.util.TreeSet<>();
+            for (long p = g >>> 12; p <= (g + 12800 - 1) >>> 12; p++) want.add(p);
+            want.add(r.statusGpa() >>> 12);
+            for (long p = q.usedGpa() >>> 12; p <= (q.usedGpa() + 6 + 8L * q.size() - 1) >>> 12; p++) want.add(p);
+            assertArrayEquals(log.expectedBytes(want), log.bytes());
+            assertEquals(want, log.sync());
+            // A write marks its status byte and the used ring only.
+            BlkRequest w = q.await(q.submit(BlkRequest.write(0, pattern(4096, 5)).dataAt(g)), T);
+            want.clear();
+            want.add(w.statusGpa() >>> 12);
+            for (long p = q.usedGpa() >>> 12; p <= (q.usedGpa() + 6 + 8L * q.size() - 1) >>> 12; p++) want.add(p);
+            assertEquals(want, log.sync());
+        }
+    }
 }

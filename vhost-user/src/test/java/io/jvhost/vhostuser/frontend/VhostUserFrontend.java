@@ -360,6 +360,34 @@ public final class VhostUserFrontend implements AutoCloseable {
         setVringAddr(q.index(), 0, q.descUaddr(), q.usedUaddr(), q.availUaddr(), 0);
     }
 
+    /**
+     * As QEMU's vhost_dev_set_log does during migration: the same addresses, VHOST_VRING_F_LOG on or off, and the
+     * used ring's guest-physical address as log address.
+     */
+    public void setVringAddr(DriverQueue q, boolean log) throws IOException {
+        setVringAddr(q.index(), log ? VRING_ADDR_F_LOG : 0, q.descUaddr(), q.usedUaddr(), q.availUaddr(), log ? q.usedGpa() : 0);
+    }
+
+    /**
+     * SET_LOG_BASE: {u64 mmap_size, u64 mmap_offset} with the given fds (normally one: the log's memfd). With
+     * LOG_SHMFD negotiated the back-end must reply (QEMU waits for it); its u64 is returned, else 0.
+     */
+    public long setLogBase(long size, long offset, int... fds) throws IOException {
+        send(SET_LOG_BASE, VERSION, ByteBuffer.allocate(16).order(ByteOrder.nativeOrder()).putLong(size).putLong(offset).array(), fds);
+        if ((protocolFeatures & bit(PF_LOG_SHMFD)) == 0) return 0;
+        return receiveReply(SET_LOG_BASE).u64();
+    }
+
+    public long setLogBase(MigrationLog log) throws IOException {
+        return setLogBase(log.size(), log.offset(), log.fd());
+    }
+
+    /** SET_LOG_FD with an eventfd (fd &lt; 0: without any fd, for malformed-input tests). */
+    public void setLogFd(int fd) throws IOException {
+        if (fd < 0) sendNoReply(SET_LOG_FD, null);
+        else sendNoReply(SET_LOG_FD, null, fd);
+    }
+
     /** GET_VRING_BASE: stops the ring and returns the back-end's next avail index. */
     public int getVringBase(int index) throws IOException {
         send(GET_VRING_BASE, VERSION, vringState(index, 0));

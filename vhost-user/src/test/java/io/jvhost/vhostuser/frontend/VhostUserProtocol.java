@@ -92,6 +92,17 @@ public final class VhostUserProtocol {
     // SET_VRING_KICK/CALL/ERR payload.
     public static final long VRING_NOFD_MASK = 1L << 8;
 
+    // SET_VRING_ADDR flags: VHOST_VRING_F_LOG is bit 0 (linux vhost.h), "log used-ring writes at the log address".
+    public static final int VRING_ADDR_F_LOG = 1 << 0;
+
+    // Virtio device status (SET_STATUS / GET_STATUS).
+    public static final int STATUS_ACKNOWLEDGE = 1;
+    public static final int STATUS_DRIVER = 2;
+    public static final int STATUS_DRIVER_OK = 4;
+    public static final int STATUS_FEATURES_OK = 8;
+    public static final int STATUS_NEEDS_RESET = 64;
+    public static final int STATUS_FAILED = 128;
+
     // GET/SET_CONFIG flags.
     public static final int CONFIG_FLAG_WRITABLE = 0;
     public static final int CONFIG_FLAG_MIGRATION = 1;
