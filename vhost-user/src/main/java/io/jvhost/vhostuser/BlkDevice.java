@@ -41,6 +41,7 @@ final class BlkDevice implements Connection.Handler {
     /** QEMU's VIRTQUEUE_MAX_SIZE: bounds the per-queue request pool a front-end can make us allocate. */
     static final int MAX_QUEUE_SIZE = 1024;
 
+    private final Quiesce quiesce;
     private final String name;
     private final BlkExportConfig cfg;
     private final BlockBackend blk;
@@ -85,7 +86,9 @@ final class BlkDevice implements Connection.Handler {
         }
     }
 
-    BlkDevice(String name, BlkExportConfig cfg, BlockBackend blk, AioContext mainLoop, List<AioContext> threads, Runnable onDone) {
+    BlkDevice(String name, BlkExportConfig cfg, BlockBackend blk, AioContext mainLoop, List<AioContext> threads,
+              Quiesce quiesce, Runnable onDone) {
+        this.quiesce = quiesce;
         this.name = name;
         this.cfg = cfg;
         this.blk = blk;
@@ -93,7 +96,8 @@ final class BlkDevice implements Connection.Handler {
         this.onDone = onDone;
         this.vrings = new Vring[cfg.numQueues()];
         for (int i = 0; i < vrings.length; i++) {
-            vrings[i] = new Vring(new BlkQueue(name + " vq" + i, i, threads.get(i), blk, cfg.serial(), cfg.logicalBlockSize(), dirty));
+            vrings[i] = new Vring(new BlkQueue(name + " vq" + i, i, threads.get(i), blk, cfg.serial(), cfg.logicalBlockSize(), dirty, quiesce));
+            quiesce.register(vrings[i].q);
         }
         blk.setWriteCacheEnabled(writeback);
     }
@@ -867,6 +871,7 @@ final class BlkDevice implements Connection.Handler {
                 Libc.close(backendReqFd);
                 backendReqFd = -1;
             }
+            for (Vring v : vrings) quiesce.unregister(v.q);
             onDone.run();
         }, mainLoop);
     }

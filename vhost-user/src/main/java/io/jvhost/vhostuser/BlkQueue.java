@@ -43,6 +43,7 @@ final class BlkQueue {
     /** Null in production; tests install one to prove where handlers ran (one volatile read per entry). */
     static volatile HandlerProbe probe;
 
+    private final Quiesce quiesce;
     private final String name;
     private final int index;
     private final AioContext ctx;
@@ -83,7 +84,9 @@ final class BlkQueue {
     private EventFd logCall;       // SET_LOG_FD (optional)
     private boolean logKickPending;
 
-    BlkQueue(String name, int index, AioContext ctx, BlockBackend blk, String serial, int lbs, DirtyAccounting dirty) {
+    BlkQueue(String name, int index, AioContext ctx, BlockBackend blk, String serial, int lbs, DirtyAccounting dirty,
+             Quiesce quiesce) {
+        this.quiesce = quiesce;
         this.name = name;
         this.index = index;
         this.ctx = ctx;
@@ -244,12 +247,18 @@ final class BlkQueue {
     }
 
     /** Takes every available request, re-checking after re-enabling notifications (no lost kick). */
+    /** From any thread: look at the ring again soon (after a drained section ended). */
+    void wake() {
+        processBh.schedule();
+    }
+
     private void process() {
-        if (!running || broken) return;
+        if (!running || broken || quiesce.active()) return;
         try {
             while (true) {
                 ring.disableNotification();
                 while (running) {
+                    if (quiesce.active()) break; // drain phase 3: take nothing new; drainedEnd wakes us
                     if (freeTop == 0 && poolCount == pool.length) {
                         // Every slot is in flight (a full queue is legal): continue when one completes. Kicks stay
                         // off meanwhile; SplitRing itself refuses a driver that makes more than size available.
@@ -264,7 +273,7 @@ final class BlkQueue {
                     inflight++;
                     r.handleSafely();
                 }
-                if (starved || !running || !ring.enableNotification()) break;
+                if (starved || quiesce.active() || !running || !ring.enableNotification()) break;
             }
         } catch (RingException e) {
             markBroken(e.getMessage());

@@ -28,6 +28,7 @@ public final class VhostUserBlkExport implements AutoCloseable {
 
     private final BlkExportConfig cfg;
     private final BlockBackend blk;
+    private final Quiesce quiesce = new Quiesce();
     private final AioContext mainLoop;
     private final List<AioContext> queueThreads;
     private AFUNIXServerSocketChannel server;
@@ -53,6 +54,7 @@ public final class VhostUserBlkExport implements AutoCloseable {
         if (cfg.writable() && !blk.isWritable()) throw new IllegalArgumentException("export " + cfg.id() + ": writable export on a read-only backend");
         this.cfg = cfg;
         this.blk = blk;
+        blk.setDevOps(quiesce); // drain phase 3 for this export: its queues stop taking requests
         this.mainLoop = mainLoop;
         this.queueThreads = List.copyOf(queueThreads);
     }
@@ -119,7 +121,7 @@ public final class VhostUserBlkExport implements AutoCloseable {
         try {
             CompletableFuture<Void> done = new CompletableFuture<>();
             BlkDevice[] self = new BlkDevice[1];
-            BlkDevice dev = new BlkDevice(name, cfg, blk, mainLoop, queueThreads, () -> {
+            BlkDevice dev = new BlkDevice(name, cfg, blk, mainLoop, queueThreads, quiesce, () -> {
                 conn = null;
                 lastDirtyStats = self[0].dirtyStats();
                 device = null;
