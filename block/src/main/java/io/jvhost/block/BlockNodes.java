@@ -15,7 +15,7 @@ import java.util.Set;
  * an existing node (as in QEMU: {@code --blockdev driver=raw,node-name=r,file=f}).
  */
 public final class BlockNodes {
-    private static final Set<String> COMMON = Set.of("driver", "node-name", "read-only", "cache.direct");
+    private static final Set<String> COMMON = Set.of("driver", "node-name", "read-only", "cache.direct", "force-share");
     private static final Set<String> FILE_OPTS = Set.of("filename", "aio", "locking");
     private static final Set<String> NULL_OPTS = Set.of("size", "read-zeroes", "latency-ns");
     private static final Set<String> RAW_OPTS = Set.of("file", "offset", "size");
@@ -33,6 +33,13 @@ public final class BlockNodes {
      * aio=threads}}, {@code {driver=null-co, node-name=n0, size=1G, read-zeroes=on, latency-ns=100000}},
      * {@code {driver=raw, node-name=r, file=disk0, offset=1M, size=512M}} or
      * {@code {driver=throttle, node-name=t, throttle-group=g0, file=r}}. A child must already exist.
+     *
+     * <p>A {@code file} node takes QEMU's image locks unless {@code locking=off} ({@code auto}, the default, is
+     * {@code on} wherever the kernel has OFD locks): a writer holds consistent-read and write and shares everything
+     * but write; a reader holds consistent-read and also does not share write, unless {@code force-share=on}
+     * (read-only nodes only). So a second writer, or a writer and a plain reader, are refused with QEMU's
+     * "Failed to get ... lock. Is another process using the image [...]?", within this process or across processes
+     * (QEMU and qemu-img included). A {@code locking=off} node neither takes nor checks anything.
      */
     public synchronized BlockDriverState add(Map<String, String> opts) throws BlockException {
         if (closed) throw new IllegalStateException("BlockNodes closed");
@@ -71,6 +78,10 @@ public final class BlockNodes {
         }
         boolean readOnly = bool(o, "read-only", false);
         boolean direct = bool(o, "cache.direct", false);
+        // QEMU's force-share: share every permission with other openers of the image (file: take no "not shared"
+        // lock bytes), so a reader coexists with a writer. Meaningless, and refused, on a writable node.
+        boolean forceShare = bool(o, "force-share", false);
+        if (forceShare && !readOnly) throw new BlockException("blockdev: force-share=on can only be used with read-only images");
 
         BlockDriver drv;
         BlockDriverState child = null;
@@ -85,11 +96,8 @@ public final class BlockNodes {
                     }
                     throw new BlockException("blockdev: invalid value '" + aio + "' for option 'aio'");
                 }
-                String locking = o.getOrDefault("locking", "auto");
-                if (!locking.equals("auto") && !locking.equals("on") && !locking.equals("off")) {
-                    throw new BlockException("blockdev: invalid value '" + locking + "' for option 'locking' (expected on, off or auto)");
-                }
-                drv = FileDriver.open(filename, readOnly, direct);
+                ImageLock.Mode locking = ImageLock.Mode.parse(o.getOrDefault("locking", "auto"));
+                drv = FileDriver.open(filename, readOnly, direct, locking, forceShare);
                 break;
             }
             case "null-co": {

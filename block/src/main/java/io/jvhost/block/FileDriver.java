@@ -20,7 +20,9 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
 /**
  * QEMU's {@code file} protocol driver with aio=threads: blocking positional FileChannel calls on the shared
  * worker pool, straight into the caller's buffers (zero-copy for direct ByteBuffers). A second raw fd, opened
- * with libc, serves fallocate (discard, write-zeroes), as the JDK exposes no fd of a FileChannel.
+ * with libc (the JDK exposes no fd of a FileChannel), serves fallocate (discard, write-zeroes) and carries the
+ * node's QEMU-style image locks ({@link ImageLock}); it is opened for read-only nodes too and stays open for the
+ * node's whole life, because the locks belong to that open file description and go away with it.
  *
  * <p>With cache.direct=on the JDK insists on buffer address, file position and length all being multiples of
  * the filesystem block size (f_frsize, 4096 on ext4). Requests that are not go through a per-thread aligned
@@ -65,8 +67,13 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
         this.exclusive = rw.writeLock();
     }
 
-    /** Opens an existing file or block device; never creates or truncates it. */
-    static FileDriver open(String filename, boolean readOnly, boolean direct) throws BlockException {
+    /**
+     * Opens an existing file or block device; never creates or truncates it. Unless locking is off (or auto on a
+     * kernel without OFD locks) it then takes the image locks of a reader or writer sharing everything but write
+     * (everything with forceShare), failing if another opener's locks conflict.
+     */
+    static FileDriver open(String filename, boolean readOnly, boolean direct, ImageLock.Mode locking, boolean forceShare)
+            throws BlockException {
         Path p;
         try {
             p = Path.of(filename);
@@ -106,11 +113,21 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
                             + "' (" + length + ") to be a multiple of " + align);
                 }
             }
-            if (!readOnly) {
-                rawFd = Libc.open(p.toAbsolutePath().toString(), Libc.O_RDWR | Libc.O_CLOEXEC, 0);
-                if (rawFd < 0) {
-                    throw new BlockException("blockdev: could not open '" + filename + "' for discard: errno " + Libc.errno());
+            // O_CLOEXEC also matters for the locks: a child process inheriting the description would keep them.
+            rawFd = Libc.open(p.toAbsolutePath().toString(), (readOnly ? Libc.O_RDONLY : Libc.O_RDWR) | Libc.O_CLOEXEC, 0);
+            if (rawFd < 0) {
+                throw new BlockException("blockdev: could not open '" + filename + "': errno " + Libc.errno());
+            }
+            boolean lock = locking != ImageLock.Mode.OFF;
+            if (lock && !ImageLock.ofdSupported(rawFd)) {
+                if (locking == ImageLock.Mode.ON) {
+                    throw new BlockException("blockdev: locking=on: this kernel has no open file description locks"
+                            + " (F_OFD_SETLK, Linux 3.15); use locking=off");
                 }
+                lock = false; // auto: QEMU's qemu_has_ofd_lock() said no
+            }
+            if (lock) {
+                ImageLock.acquire(rawFd, filename, ImageLock.permFor(readOnly), ImageLock.sharedFor(forceShare));
             }
             return new FileDriver(filename, fc, rawFd, direct, align, length);
         } catch (IOException | BlockException | RuntimeException e) {

@@ -67,7 +67,7 @@ class BlockNodesTest {
     void openingNeverTruncates() throws Exception {
         Path img = patternFile(dir, "keep.img", 12345);
         nodes.add(fileOpts("rw", img));
-        nodes.add(fileOpts("ro", img, "read-only", "on"));
+        nodes.add(fileOpts("ro", img, "read-only", "on", "force-share", "on")); // a plain reader would meet rw's lock
         nodes.add(fileOpts("rw2", img, "locking", "off", "aio", "threads", "cache.direct", "off"));
         assertEquals(12345, Files.size(img));
         assertEquals(12345, nodes.get("rw").getLength());

@@ -360,7 +360,7 @@ class FileDriverTest {
     void blockNodesCloseClosesFiles() throws Exception {
         Path p = patternFile(dir, "nc.img", 4096);
         nodes.add(fileOpts("a", p));
-        nodes.add(fileOpts("b", p, "read-only", "on"));
+        nodes.add(fileOpts("b", p, "read-only", "on", "force-share", "on")); // coexists with writer a
         assertEquals(2, nodes.all().size());
         assertFalse(openFlags(p).isEmpty());
         nodes.close();

@@ -78,7 +78,7 @@ class NodeGraphTest {
     void filterOptionErrors() throws Exception {
         Path p = patternFile(dir, "x.img", 65536);
         nodes.add(fileOpts("f", p));
-        nodes.add(fileOpts("ro", p, "read-only", "on"));
+        nodes.add(fileOpts("ro", p, "read-only", "on", "force-share", "on")); // coexists with writer f
         nodes.addThrottleGroup(opts("id", "g", "x-iops-total", "100"));
         refused(opts("driver", "raw", "node-name", "r"), "'file'");
         refused(opts("driver", "raw", "node-name", "r", "file", "nope"), "no node named 'nope'");

@@ -87,7 +87,7 @@ final class BlkDevice implements Connection.Handler {
     }
 
     BlkDevice(String name, BlkExportConfig cfg, BlockBackend blk, AioContext mainLoop, List<AioContext> threads,
-              Quiesce quiesce, Runnable onDone) {
+              Quiesce quiesce, List<QueueStats> stats, Runnable onDone) {
         this.quiesce = quiesce;
         this.name = name;
         this.cfg = cfg;
@@ -96,9 +96,10 @@ final class BlkDevice implements Connection.Handler {
         this.onDone = onDone;
         this.vrings = new Vring[cfg.numQueues()];
         for (int i = 0; i < vrings.length; i++) {
-            vrings[i] = new Vring(new BlkQueue(name + " vq" + i, i, threads.get(i), blk, cfg.serial(), cfg.logicalBlockSize(), dirty, quiesce));
+            vrings[i] = new Vring(new BlkQueue(name + " vq" + i, i, threads.get(i), blk, cfg.serial(), cfg.logicalBlockSize(), dirty, quiesce, stats.get(i)));
             quiesce.register(vrings[i].q);
         }
+        writeback = !cfg.writethrough();
         blk.setWriteCacheEnabled(writeback);
     }
 
@@ -499,7 +500,7 @@ final class BlkDevice implements Connection.Handler {
             ackedFeatures = 0;
             featuresSet = false;
             status = 0;
-            writeback = true;
+            writeback = !cfg.writethrough();
             blk.setWriteCacheEnabled(writeback);
             DirtyLog oldLog = log;
             EventFd oldCall = logCall;

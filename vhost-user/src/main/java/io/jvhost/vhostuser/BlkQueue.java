@@ -44,6 +44,7 @@ final class BlkQueue {
     static volatile HandlerProbe probe;
 
     private final Quiesce quiesce;
+    private final QueueStats stats;
     private final String name;
     private final int index;
     private final AioContext ctx;
@@ -85,8 +86,9 @@ final class BlkQueue {
     private boolean logKickPending;
 
     BlkQueue(String name, int index, AioContext ctx, BlockBackend blk, String serial, int lbs, DirtyAccounting dirty,
-             Quiesce quiesce) {
+             Quiesce quiesce, QueueStats stats) {
         this.quiesce = quiesce;
+        this.stats = stats;
         this.name = name;
         this.index = index;
         this.ctx = ctx;
@@ -367,6 +369,8 @@ final class BlkQueue {
             markBroken("guest memory access faulted: " + e.getMessage());
         }
         requestsDone++;
+        QueueStats.Kind k = kindOf(r.type);
+        if (k != null && r.startNs != 0) stats.account(k, r.bytes, System.nanoTime() - r.startNs, status == VirtioBlk.S_OK);
         inflight--;
         free[freeTop++] = r;
         if (starved && running) {
@@ -378,6 +382,18 @@ final class BlkQueue {
         } else {
             flushUsed();
             maybeFinishStop();
+        }
+    }
+
+    private static QueueStats.Kind kindOf(int type) {
+        switch (type) {
+            case VirtioBlk.T_IN: return QueueStats.Kind.READ;
+            case VirtioBlk.T_OUT:
+            case VirtioBlk.T_OUT_FUA: return QueueStats.Kind.WRITE;
+            case VirtioBlk.T_FLUSH: return QueueStats.Kind.FLUSH;
+            case VirtioBlk.T_DISCARD: return QueueStats.Kind.DISCARD;
+            case VirtioBlk.T_WRITE_ZEROES: return QueueStats.Kind.WRITE_ZEROES;
+            default: return null;
         }
     }
 
@@ -397,7 +413,8 @@ final class BlkQueue {
         final byte[] hdr = new byte[16];
         final ByteBuffer hdrBuf = ByteBuffer.wrap(hdr).order(ByteOrder.LITTLE_ENDIAN);
         long statusGpa;
-        int type;
+        int type = -1;
+        long startNs, bytes;
         int usedLen;
         /** Bytes of the writable buffers a submitted read may have filled (0: none); logged at completion. */
         long readLen;
@@ -429,6 +446,9 @@ final class BlkQueue {
         }
 
         void handle() {
+            startNs = 0;
+            bytes = 0;
+            type = -1;
             if (chain.writableBytes() < 1) {
                 // No status byte to write: hand the buffers back with length 0 (nothing else is possible).
                 if (!warnedNoStatus) { // a guest must not be able to flood the log
@@ -459,6 +479,7 @@ final class BlkQueue {
                 return;
             }
             type = hdrBuf.getInt(0);
+            startNs = System.nanoTime(); // stats: latency as seen by the queue
             long sector = hdrBuf.getLong(8);
             long outData = chain.readableBytes() - 16;
             long inData = chain.writableBytes() - 1;
@@ -509,6 +530,7 @@ final class BlkQueue {
                 return;
             }
             long off = sector << VirtioBlk.SECTOR_SHIFT;
+            bytes = len;
             iov.clear();
             if (write) {
                 gather(true, 16, len);
@@ -559,6 +581,7 @@ final class BlkQueue {
             }
             usedLen = 1;
             long off = sector << VirtioBlk.SECTOR_SHIFT, bytes = num << VirtioBlk.SECTOR_SHIFT;
+            this.bytes = bytes;
             if (wz) {
                 submitted = true;
                 blk.pwriteZeroes(off, bytes, (flags & VirtioBlk.WZ_FLAG_UNMAP) != 0 ? BlockBackend.MAY_UNMAP : 0, this);

@@ -29,6 +29,8 @@ public final class VhostUserBlkExport implements AutoCloseable {
     private final BlkExportConfig cfg;
     private final BlockBackend blk;
     private final Quiesce quiesce = new Quiesce();
+    /** Per virtqueue, kept across front-end connections. */
+    private final List<QueueStats> stats;
     private final AioContext mainLoop;
     private final List<AioContext> queueThreads;
     private AFUNIXServerSocketChannel server;
@@ -54,6 +56,9 @@ public final class VhostUserBlkExport implements AutoCloseable {
         if (cfg.writable() && !blk.isWritable()) throw new IllegalArgumentException("export " + cfg.id() + ": writable export on a read-only backend");
         this.cfg = cfg;
         this.blk = blk;
+        List<QueueStats> st = new java.util.ArrayList<>();
+        for (int i = 0; i < cfg.numQueues(); i++) st.add(new QueueStats());
+        this.stats = List.copyOf(st);
         blk.setDevOps(quiesce); // drain phase 3 for this export: its queues stop taking requests
         this.mainLoop = mainLoop;
         this.queueThreads = List.copyOf(queueThreads);
@@ -89,6 +94,16 @@ public final class VhostUserBlkExport implements AutoCloseable {
         });
     }
 
+    /** I/O statistics per virtqueue (query-blockstats); readable from any thread. */
+    public List<QueueStats> queueStats() {
+        return stats;
+    }
+
+    /** The block backend this export serves (management: stats, mirror, resize). */
+    public BlockBackend backend() {
+        return blk;
+    }
+
     /** Number of front-ends accepted so far (tests, stats). */
     public int connectionCount() {
         return connections;
@@ -121,7 +136,7 @@ public final class VhostUserBlkExport implements AutoCloseable {
         try {
             CompletableFuture<Void> done = new CompletableFuture<>();
             BlkDevice[] self = new BlkDevice[1];
-            BlkDevice dev = new BlkDevice(name, cfg, blk, mainLoop, queueThreads, quiesce, () -> {
+            BlkDevice dev = new BlkDevice(name, cfg, blk, mainLoop, queueThreads, quiesce, stats, () -> {
                 conn = null;
                 lastDirtyStats = self[0].dirtyStats();
                 device = null;
@@ -157,28 +172,55 @@ public final class VhostUserBlkExport implements AutoCloseable {
     /** Stops the rings (letting requests complete), disconnects the front-end, closes and unlinks the socket. */
     @Override
     public void close() {
-        CompletableFuture<Void> done;
         try {
-            done = call(() -> {
-                if (closed) return connDone;
+            CompletableFuture<Void> f = closeAsync();
+            if (mainLoop.inContextThread() && !f.isDone()) {
+                // Waiting here would stop the very loop that finishes the close: it completes on its own.
+                LOG.warning(cfg.id() + ": close() on the main loop with a front-end attached; finishing asynchronously");
+                return;
+            }
+            f.get(60, TimeUnit.SECONDS);
+        } catch (Exception e) {
+            LOG.log(Level.WARNING, cfg.id() + ": close did not finish cleanly", e);
+            closeSocket();
+        }
+    }
+
+    /**
+     * Non-blocking close, callable from any thread including the main loop (QMP block-export-del): the future
+     * completes once the front-end's rings have stopped (their requests completed), it is disconnected, and the
+     * socket is closed and unlinked.
+     */
+    public CompletableFuture<Void> closeAsync() {
+        CompletableFuture<Void> done = new CompletableFuture<>();
+        Runnable body = () -> {
+            if (!closed) {
                 closed = true;
                 if (acceptHandler != null) {
                     acceptHandler.remove();
                     acceptHandler = null;
                 }
                 if (conn != null) conn.close();
-                return connDone;
+            }
+            connDone.whenComplete((x, t) -> {
+                closeSocket();
+                done.complete(null);
             });
-            done.get(60, TimeUnit.SECONDS);
-        } catch (Exception e) {
-            LOG.log(Level.WARNING, cfg.id() + ": close did not finish cleanly", e);
-        }
+        };
+        // On the main loop itself (a failed start, a QMP command) run at once: nothing may wait for a later task.
+        if (mainLoop.inContextThread()) body.run();
+        else mainLoop.execute(body);
+        return done;
+    }
+
+    private synchronized void closeSocket() {
         try {
             if (server != null) server.close();
         } catch (IOException e) {
             LOG.log(Level.FINE, "close", e);
         }
         if (ownsSocketFile) {
+            ownsSocketFile = false;
             try {
                 Files.deleteIfExists(Path.of(cfg.socketPath()));
             } catch (IOException e) {

@@ -64,6 +64,7 @@ final class TestExport implements AutoCloseable {
         private int lbs = 512;
         private boolean writable = true;
         private String serial;
+        private boolean writethrough;
         private Map<String, String> nullCo; // null: file image
         private long imageSize = IMAGE_SIZE;
 
@@ -77,6 +78,7 @@ final class TestExport implements AutoCloseable {
         Builder logicalBlockSize(int n) { this.lbs = n; return this; }
         Builder writable(boolean on) { this.writable = on; return this; }
         Builder serial(String s) { this.serial = s; return this; }
+        Builder writethrough(boolean on) { this.writethrough = on; return this; }
         Builder imageSize(long n) { this.imageSize = n; return this; }
 
         /** A null-co node instead of an image file: reads zeroes, completes after {@code latencyNs}. */
@@ -129,7 +131,7 @@ final class TestExport implements AutoCloseable {
             this.iothreads = List.copyOf(threads);
             this.queueThreads = List.copyOf(perQueue);
             // A JVM-wide unique export id makes queue names ("export eN conn#M vqK") unique across tests.
-            this.cfg = new BlkExportConfig("e" + EXPORT_SEQ.incrementAndGet(), socket.toString(), -1, b.numQueues, b.lbs, b.writable, b.serial);
+            this.cfg = new BlkExportConfig("e" + EXPORT_SEQ.incrementAndGet(), socket.toString(), -1, b.numQueues, b.lbs, b.writable, b.serial, b.writethrough);
             this.export = new VhostUserBlkExport(cfg, blk, main, queueThreads);
             export.start();
         } catch (Exception | Error e) {

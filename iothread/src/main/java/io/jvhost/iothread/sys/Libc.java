@@ -62,4 +62,24 @@ public final class Libc {
         }
         return p;
     }
+
+    // ---- open-file-description record locks (QEMU-style image locking in module block) ----
+
+    /**
+     * Lock commands on an open file description (Linux >= 3.15): unlike classic POSIX locks they belong to the
+     * description, not the process, so two opens in one process conflict like two processes, and closing some other
+     * fd of the same file does not drop them.
+     */
+    public static final int F_OFD_GETLK = 36, F_OFD_SETLK = 37;
+    public static final short F_RDLCK = 0, F_WRLCK = 1, F_UNLCK = 2, SEEK_SET = 0;
+    public static final int EACCES = 13;
+    /**
+     * {@code struct flock} on LP64 Linux (x86_64, aarch64): short l_type @0, short l_whence @2, off_t l_start @8,
+     * off_t l_len @16, pid_t l_pid @24, padded to 32 bytes. l_pid must be 0 for the OFD commands.
+     */
+    public static final int FLOCK_SIZE = 32, FLOCK_TYPE = 0, FLOCK_WHENCE = 2, FLOCK_START = 8, FLOCK_LEN = 16,
+            FLOCK_PID = 24;
+
+    /** fcntl with a {@code struct flock *} (the lock commands); flock must point at FLOCK_SIZE writable bytes. */
+    public static native int fcntl(int fd, int cmd, Pointer flock);
 }
