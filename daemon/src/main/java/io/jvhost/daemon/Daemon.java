@@ -4,6 +4,7 @@ import io.jvhost.block.BlockBackend;
 import io.jvhost.block.BlockDriverState;
 import io.jvhost.block.BlockException;
 import io.jvhost.block.BlockNodes;
+import io.jvhost.block.job.MirrorJob;
 import io.jvhost.daemon.DaemonConfig.ExportSpec;
 import io.jvhost.daemon.DaemonConfig.IothreadSpec;
 import io.jvhost.daemon.DaemonConfig.MonitorSpec;
@@ -74,6 +75,7 @@ public final class Daemon implements AutoCloseable {
 
     // Owned by the main loop.
     private BlockNodes nodes;
+    private BlockJobs jobs;
     private final Map<String, Map<String, String>> nodeOptions = new LinkedHashMap<>();
     private final Map<String, Iothread> iothreads = new LinkedHashMap<>();     // --object iothread / object-add
     private final Map<String, ExportEntry> exports = new LinkedHashMap<>();
@@ -94,6 +96,17 @@ public final class Daemon implements AutoCloseable {
             this.blk = blk;
             this.export = export;
             this.ownIothreads = ownIothreads;
+        }
+
+        /** The node the export serves now: a completed mirror replaces the one it was created with. */
+        String nodeName() {
+            return blk.root().nodeName();
+        }
+
+        ExportSpec currentSpec() {
+            String n = nodeName();
+            return n.equals(spec.nodeName()) ? spec : new ExportSpec(spec.id(), n, spec.socketPath(), spec.listenFd(),
+                    spec.numQueues(), spec.logicalBlockSize(), spec.writable(), spec.serial(), spec.iothreads());
         }
     }
 
@@ -138,7 +151,11 @@ public final class Daemon implements AutoCloseable {
             t.setDaemon(true);
             return t;
         });
-        onMain(() -> nodes = new BlockNodes());
+        onMain(() -> {
+            nodes = new BlockNodes();
+            jobs = new BlockJobs(mainLoop, mgmt, this::emit);
+            return null;
+        });
         for (IothreadSpec t : cfg.iothreads()) onMainDo(() -> addIothread(t));
         for (Map<String, String> tg : cfg.throttleGroups()) onMainDo(() -> addThrottleGroup(tg));
         for (Map<String, String> opts : cfg.blockdevs()) onMainDo(() -> addBlockdev(opts));
@@ -210,7 +227,7 @@ public final class Daemon implements AutoCloseable {
     /** {@code --object iothread} / object-add. */
     void addIothread(IothreadSpec spec) throws UsageException {
         assertMain("addIothread");
-        if (iothreads.containsKey(spec.id())) throw new UsageException("--object", "id '" + spec.id() + "' is already in use");
+        if (objectExists(spec.id())) throw new UsageException("--object", "id '" + spec.id() + "' is already in use");
         AioContext ctx = AioContext.newIoThread(spec.id());
         long tid;
         try {
@@ -236,6 +253,13 @@ public final class Daemon implements AutoCloseable {
     /** {@code --blockdev} / blockdev-add: flat dotted keys, "driver" included. */
     void addBlockdev(Map<String, String> opts) throws UsageException {
         assertMain("addBlockdev");
+        String child = opts.get("file");
+        BlockDriverState c = child == null ? null : nodes.get(child);
+        if (c != null) {
+            // A mirror's target takes writes from the job only (QEMU: the job's BlockBackend shares no write permission).
+            MirrorJob j = jobs.user(c);
+            if (j != null && j.target() == c) throw new UsageException("--blockdev", BlockJobs.busy(c, j));
+        }
         try {
             nodes.add(opts);
         } catch (BlockException e) {
@@ -246,9 +270,19 @@ public final class Daemon implements AutoCloseable {
         nodeOptions.put(opts.get("node-name"), Collections.unmodifiableMap(new LinkedHashMap<>(opts)));
     }
 
-    /** {@code --object throttle-group,id=G,x-iops-total=...}: a budget shared by the throttle nodes bound to it. */
+    /** Iothreads and throttle groups share QOM's /objects namespace. */
+    private boolean objectExists(String id) {
+        return iothreads.containsKey(id) || nodes.throttleGroup(id) != null;
+    }
+
+    /**
+     * {@code --object throttle-group,id=G,x-iops-total=...} / object-add: a budget shared by the throttle nodes
+     * bound to it. {@code opts}: "id" and the limits, flat ({@code limits.iops-total} or legacy {@code x-iops-total}).
+     */
     void addThrottleGroup(Map<String, String> opts) throws UsageException {
         assertMain("addThrottleGroup");
+        String id = opts.get("id");
+        if (id != null && objectExists(id)) throw new UsageException("--object", "id '" + id + "' is already in use");
         try {
             nodes.addThrottleGroup(opts);
         } catch (BlockException e) {
@@ -263,6 +297,8 @@ public final class Daemon implements AutoCloseable {
         assertMain("addExport");
         Options.checkExport(spec, state());
         BlockDriverState root = nodes.get(spec.nodeName());
+        MirrorJob job = jobs.user(root);
+        if (job != null && job.target() == root) throw new UsageException("--export", BlockJobs.busy(root, job));
         List<AioContext> own = new ArrayList<>();
         BlockBackend blk = null;
         VhostUserBlkExport export = null;
@@ -294,8 +330,16 @@ public final class Daemon implements AutoCloseable {
                         + spec.address() + ": " + e.getMessage());
             }
         } catch (UsageException | RuntimeException | Error e) {
-            // Undo this export only. It never accepted a front-end, so closing it here does not wait for one.
-            if (export != null) quietly("export " + spec.id(), export::close);
+            // Undo this export only. It never accepted a front-end, so its close has nothing to wait for; it runs
+            // on a management thread all the same, as an export's close may need the main loop (this thread).
+            if (export != null) {
+                VhostUserBlkExport x = export;
+                try {
+                    mgmt.execute(() -> quietly("export " + spec.id(), x::close));
+                } catch (RejectedExecutionException ex) {
+                    // closing: close() takes it down
+                }
+            }
             if (blk != null) quietly("backend", blk::close);
             for (AioContext t : own) quietly(t.name(), t::close);
             throw e;
@@ -345,16 +389,102 @@ public final class Daemon implements AutoCloseable {
         for (AioContext t : e.ownIothreads) quietly(t.name(), t::close);
     }
 
+    /**
+     * object-del: an iothread (completes once its thread has ended) or a throttle group that no throttle node
+     * uses (QEMU: a group is deletable while only the QOM tree references it).
+     */
+    CompletableFuture<Void> deleteObject(String id) throws QmpException {
+        assertMain("deleteObject");
+        if (iothreads.containsKey(id)) return deleteIothread(id);
+        if (nodes.throttleGroup(id) == null) throw new QmpException("object '" + id + "' not found");
+        try {
+            nodes.removeThrottleGroup(id);
+        } catch (BlockException e) {
+            throw new QmpException("object '" + id + "' is in use, can not be deleted");
+        }
+        LOG.fine("throttle group " + id + " deleted");
+        return CompletableFuture.completedFuture(null);
+    }
+
     /** object-del of an iothread; completes once its thread has ended. */
-    CompletableFuture<Void> deleteIothread(String id) throws QmpException {
-        assertMain("deleteIothread");
+    private CompletableFuture<Void> deleteIothread(String id) throws QmpException {
         Iothread t = iothreads.get(id);
-        if (t == null) throw new QmpException("object '" + id + "' not found");
         for (ExportEntry e : exports.values()) {
             if (e.spec.iothreads().contains(id)) throw new QmpException("object '" + id + "' is in use, can not be deleted");
         }
         iothreads.remove(id);
         return CompletableFuture.runAsync(() -> quietly(t.ctx().name(), t.ctx()::close), mgmt);
+    }
+
+    /**
+     * blockdev-del, with QEMU's checks in QEMU's order: the node must exist, no export's backend may use it
+     * (QEMU: a BlockBackend; a mirror's target counts, QEMU's job has a backend on it), no job may hold it (op
+     * blockers), and no other node may have it as a child. Removing a node waits (bounded) for requests still in
+     * flight on it; a node nobody uses has none unless an export was just deleted.
+     */
+    void deleteBlockdev(String nodeName) throws QmpException {
+        assertMain("deleteBlockdev");
+        BlockDriverState bs = nodes.get(nodeName);
+        if (bs == null) throw new QmpException("Failed to find node with node-name='" + nodeName + "'");
+        MirrorJob job = jobs.user(bs);
+        boolean exported = exports.values().stream().anyMatch(e -> e.blk.root() == bs);
+        if (exported || (job != null && job.target() == bs)) throw new QmpException("Node " + nodeName + " is in use");
+        if (job != null) throw new QmpException(BlockJobs.busy(bs, job));
+        if (parentNodeOf(bs) != null) throw new QmpException("Block device " + nodeName + " is in use");
+        try {
+            nodes.remove(nodeName);
+        } catch (BlockException e) {
+            // Another user than the ones above (the block layer's own check): its words.
+            throw new QmpException(stripPrefix(e.getMessage(), "blockdev: "));
+        }
+        nodeOptions.remove(nodeName);
+        LOG.info("node " + nodeName + " deleted");
+    }
+
+    /** A node that has {@code bs} as a child, or null. */
+    private BlockDriverState parentNodeOf(BlockDriverState bs) {
+        for (BlockDriverState n : nodes.all()) {
+            if (n == bs) continue;
+            for (io.jvhost.block.BdrvChild c : n.children()) {
+                if (c.bs() == bs) return n;
+            }
+        }
+        return null;
+    }
+
+    /**
+     * blockdev-mirror, once its arguments are checked: the node checks of QEMU's qmp_blockdev_mirror and
+     * mirror_start_job, then the job ({@link BlockJobs#startMirror}). The source is a root node (exported or
+     * not); on completion every user of the source (an export's backend) switches to the target.
+     */
+    void startMirror(String jobId, String device, String target, long granularity, int maxOps, boolean autoDismiss)
+            throws QmpException {
+        assertMain("startMirror");
+        BlockDriverState src = nodes.get(device);
+        if (src == null) throw new QmpException("Cannot find device='" + device + "' nor node-name='" + device + "'");
+        if (parentNodeOf(src) != null) throw new QmpException("Need a root block node");
+        BlockDriverState tgt = nodes.get(target);
+        if (tgt == null) throw new QmpException("Cannot find device='" + target + "' nor node-name='" + target + "'");
+        MirrorJob j = jobs.user(src);
+        if (j != null) throw new QmpException(BlockJobs.busy(src, j));
+        j = jobs.user(tgt);
+        if (j != null) throw new QmpException(BlockJobs.busy(tgt, j));
+        if (src == tgt) throw new QmpException("Can't mirror node into itself");
+        if (src.getLength() != tgt.getLength()) throw new QmpException("Source and target image have different sizes");
+        if (tgt.isReadOnly()) throw new QmpException("Block node is read-only");
+        // The job must be the target's only writer until it completes (QEMU: permission conflict).
+        for (ExportEntry e : exports.values()) {
+            if (e.blk.root() == tgt) {
+                throw new QmpException("Target node '" + target + "' is in use by export '" + e.spec.id() + "'");
+            }
+        }
+        BlockDriverState p = parentNodeOf(tgt);
+        if (p != null) throw new QmpException("Target node '" + target + "' is in use by node '" + p.nodeName() + "'");
+        jobs.startMirror(jobId, src, tgt, granularity, maxOps, autoDismiss);
+    }
+
+    BlockJobs jobs() {
+        return jobs;
     }
 
     /** The state a new export is checked against (main loop). */
@@ -373,8 +503,8 @@ public final class Daemon implements AutoCloseable {
 
             @Override
             public Collection<ExportSpec> exports() {
-                // Exports shutting down still hold their socket and their node.
-                return exports.values().stream().map(e -> e.spec).toList();
+                // Exports shutting down still hold their socket and their node; a mirror may have moved them to another.
+                return exports.values().stream().map(ExportEntry::currentSpec).toList();
             }
 
             @Override
@@ -492,16 +622,20 @@ public final class Daemon implements AutoCloseable {
         if (qmp != null) quietly("QMP server", qmp::close);
         List<ExportEntry> ex = List.of();
         List<Iothread> its = List.of();
+        List<BlockJobs.Entry> js = List.of();
         BlockNodes ns = null;
         if (mainLoop != null) {
             try {
                 Object[] snap = mainLoop.call(() -> new Object[] {
-                        new ArrayList<>(exports.values()), new ArrayList<>(iothreads.values()), nodes}, 30, TimeUnit.SECONDS);
+                        new ArrayList<>(exports.values()), new ArrayList<>(iothreads.values()), nodes,
+                        jobs == null ? List.of() : jobs.snapshot()}, 30, TimeUnit.SECONDS);
                 @SuppressWarnings("unchecked") List<ExportEntry> e0 = (List<ExportEntry>) snap[0];
                 @SuppressWarnings("unchecked") List<Iothread> i0 = (List<Iothread>) snap[1];
+                @SuppressWarnings("unchecked") List<BlockJobs.Entry> j0 = (List<BlockJobs.Entry>) snap[3];
                 ex = e0;
                 its = i0;
                 ns = (BlockNodes) snap[2];
+                js = j0;
             } catch (Exception e) {
                 LOG.log(Level.WARNING, "the main loop did not hand over its state; closing what is known", e);
                 ex = new ArrayList<>(exports.values());
@@ -509,6 +643,8 @@ public final class Daemon implements AutoCloseable {
                 ns = nodes;
             }
         }
+        // Jobs first: a mirror must not switch an export to its target while the exports go down.
+        if (!js.isEmpty()) BlockJobs.close(js, 10, TimeUnit.SECONDS);
         // An export being deleted is closed again here: close() is idempotent and waits for the first one.
         for (int i = ex.size() - 1; i >= 0; i--) {
             ExportEntry e = ex.get(i);

@@ -4,6 +4,7 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.jvhost.block.BlockDriverState;
+import io.jvhost.block.job.MirrorJob;
 import io.jvhost.daemon.qmp.Json;
 import io.jvhost.daemon.qmp.Qapi;
 import io.jvhost.daemon.qmp.QmpCommand;
@@ -19,6 +20,7 @@ import static io.jvhost.daemon.qmp.Qapi.INT;
 import static io.jvhost.daemon.qmp.Qapi.SIZE;
 import static io.jvhost.daemon.qmp.Qapi.STR;
 import static io.jvhost.daemon.qmp.Qapi.UINT16;
+import static io.jvhost.daemon.qmp.Qapi.UINT32;
 import static io.jvhost.daemon.qmp.Qapi.UINT64;
 import static io.jvhost.daemon.qmp.Qapi.enumOf;
 import static io.jvhost.daemon.qmp.Qapi.optional;
@@ -32,9 +34,10 @@ import static io.jvhost.daemon.qmp.Qapi.union;
  * "unexpected", as an unknown one is. Values are then checked by the command-line code ({@link Options}), and the
  * work is done by the {@link Daemon} methods that the command line uses, on the main loop.
  *
- * <p>Only what works is registered, so query-commands lists only that. Not here yet, for want of block-layer API:
- * blockdev-del (no node removal), block_resize, block-set-io-throttle and throttle groups, query-blockstats,
- * blockdev-mirror and the job commands.
+ * <p>Only what works is registered, so query-commands lists only that. Not here: block_resize and query-blockstats
+ * (the export does not offer a resize or its statistics yet), qom-set of a throttle group's limits (the block
+ * layer's groups are immutable), block-set-io-throttle (backends have no throttling of their own; use a throttle
+ * node), the block-job-* verbs (the job-* ones are here) and block-job-set-speed (no rate limit).
  */
 final class QmpCommands {
     private QmpCommands() {}
@@ -46,8 +49,10 @@ final class QmpCommands {
             branches("file", struct(required("filename", STR),
                             optional("aio", enumOf("threads", "native", "io_uring")),
                             optional("locking", enumOf("auto", "on", "off"))),
-                    "null-co", struct(optional("size", INT), optional("latency-ns", UINT64), optional("read-zeroes", BOOL))),
-            d -> "driver '" + d + "' is not supported (only 'file' and 'null-co')");
+                    "null-co", struct(optional("size", INT), optional("latency-ns", UINT64), optional("read-zeroes", BOOL)),
+                    "raw", struct(required("file", Qapi.nodeRef()), optional("offset", INT), optional("size", INT)),
+                    "throttle", struct(required("throttle-group", STR), required("file", Qapi.nodeRef()))),
+            d -> "driver '" + d + "' is not supported (only 'file', 'null-co', 'raw' and 'throttle')");
 
     static final Qapi.Type SOCKET_ADDRESS = union(
             struct(required("type", STR)),
@@ -64,12 +69,50 @@ final class QmpCommands {
                     optional("num-queues", UINT16), optional("serial", STR))),
             Options::unsupportedExportType);
 
+    /** The six buckets of QAPI's ThrottleLimits, each with its -max and -max-length, then iops-size. */
+    private static final List<String> THROTTLE_LIMITS;
+
+    static {
+        List<String> l = new java.util.ArrayList<>();
+        for (String b : new String[] {"iops-total", "iops-read", "iops-write", "bps-total", "bps-read", "bps-write"}) {
+            l.add(b);
+            l.add(b + "-max");
+            l.add(b + "-max-length");
+        }
+        l.add("iops-size");
+        THROTTLE_LIMITS = List.copyOf(l);
+    }
+
+    /** ThrottleGroupProperties: {@code limits} (ThrottleLimits) and the legacy {@code x-<limit>} members. */
+    private static Qapi.Struct throttleGroupProperties() {
+        List<Qapi.Member> limits = new java.util.ArrayList<>();
+        List<Qapi.Member> members = new java.util.ArrayList<>();
+        for (String n : THROTTLE_LIMITS) limits.add(optional(n, INT));
+        members.add(optional("limits", struct(limits.toArray(new Qapi.Member[0]))));
+        for (String n : THROTTLE_LIMITS) members.add(optional("x-" + n, INT));
+        return struct(members.toArray(new Qapi.Member[0]));
+    }
+
     static final Qapi.Type OBJECT_OPTIONS = union(
             struct(required("qom-type", STR), required("id", STR)),
             "qom-type",
             branches("iothread", struct(optional("poll-max-ns", INT), optional("poll-grow", INT),
-                    optional("poll-shrink", INT), optional("aio-max-batch", INT))),
+                            optional("poll-shrink", INT), optional("aio-max-batch", INT)),
+                    "throttle-group", throttleGroupProperties()),
             Options::unsupportedObjectType);
+
+    private static final Qapi.Type ON_ERROR = enumOf("report", "ignore", "enospc", "stop", "auto");
+
+    /** QEMU's blockdev-mirror arguments. */
+    static final Qapi.Type BLOCKDEV_MIRROR = struct(
+            optional("job-id", STR), required("device", STR), required("target", STR), optional("replaces", STR),
+            required("sync", enumOf("top", "full", "none", "incremental", "bitmap")),
+            optional("speed", INT), optional("granularity", UINT32), optional("buf-size", INT),
+            optional("on-source-error", ON_ERROR), optional("on-target-error", ON_ERROR),
+            optional("filter-node-name", STR), optional("copy-mode", enumOf("background", "write-blocking")),
+            optional("auto-finalize", BOOL), optional("auto-dismiss", BOOL));
+
+    private static final Qapi.Type JOB_ID = struct(required("id", STR));
 
     private static final Qapi.Type NO_ARGS = struct();
 
@@ -80,6 +123,10 @@ final class QmpCommands {
 
                 QmpCommand.sync("blockdev-add", BLOCKDEV_OPTIONS, main, a -> {
                     shared(() -> d.addBlockdev(a));
+                    return Json.object();
+                }),
+                QmpCommand.sync("blockdev-del", struct(required("node-name", STR)), main, a -> {
+                    d.deleteBlockdev(a.get("node-name"));
                     return Json.object();
                 }),
                 QmpCommand.sync("query-named-block-nodes", struct(optional("flat", BOOL)), main, a -> namedBlockNodes(d)),
@@ -96,12 +143,112 @@ final class QmpCommands {
                 QmpCommand.sync("query-block-exports", NO_ARGS, main, a -> blockExports(d)),
 
                 QmpCommand.sync("object-add", OBJECT_OPTIONS, main, a -> {
-                    shared(() -> d.addIothread(Options.objectSpec(keyValue(a))));
+                    if ("throttle-group".equals(a.get("qom-type"))) {
+                        Map<String, String> tg = throttleGroupOptions(a);
+                        shared(() -> d.addThrottleGroup(tg));
+                    } else {
+                        shared(() -> d.addIothread(Options.objectSpec(keyValue(a))));
+                    }
                     return Json.object();
                 }),
                 QmpCommand.async("object-del", struct(required("id", STR)), main,
-                        a -> d.deleteIothread(a.get("id")).thenApply(v -> (JsonNode) Json.object())),
-                QmpCommand.sync("query-iothreads", NO_ARGS, main, a -> iothreads(d)));
+                        a -> d.deleteObject(a.get("id")).thenApply(v -> (JsonNode) Json.object())),
+                QmpCommand.sync("query-iothreads", NO_ARGS, main, a -> iothreads(d)),
+
+                QmpCommand.sync("blockdev-mirror", BLOCKDEV_MIRROR, main, a -> {
+                    mirror(d, a);
+                    return Json.object();
+                }),
+                QmpCommand.sync("query-jobs", NO_ARGS, main, a -> d.jobs().queryJobs()),
+                QmpCommand.sync("query-block-jobs", NO_ARGS, main, a -> d.jobs().queryBlockJobs()),
+                QmpCommand.sync("job-pause", JOB_ID, main, a -> {
+                    d.jobs().pause(a.get("id"));
+                    return Json.object();
+                }),
+                QmpCommand.sync("job-resume", JOB_ID, main, a -> {
+                    d.jobs().resume(a.get("id"));
+                    return Json.object();
+                }),
+                QmpCommand.sync("job-cancel", JOB_ID, main, a -> {
+                    d.jobs().cancel(a.get("id"));
+                    return Json.object();
+                }),
+                QmpCommand.sync("job-complete", JOB_ID, main, a -> {
+                    d.jobs().complete(a.get("id"));
+                    return Json.object();
+                }),
+                QmpCommand.sync("job-dismiss", JOB_ID, main, a -> {
+                    d.jobs().dismiss(a.get("id"));
+                    return Json.object();
+                }));
+    }
+
+    /**
+     * object-add throttle-group: the id and the limits, flat as the command line has them ({@code limits.iops-total},
+     * {@code x-iops-total}), for the block layer, which applies QEMU's validity rules. Negative values are
+     * refused here with QEMU's words (the block layer reads only digits).
+     */
+    private static Map<String, String> throttleGroupOptions(Map<String, String> a) throws QmpException {
+        Map<String, String> o = new LinkedHashMap<>(a);
+        o.remove("qom-type");
+        String id = o.get("id");
+        try {
+            Options.checkId("--object", id);
+        } catch (UsageException e) {
+            throw new QmpException(e.detail());
+        }
+        for (Map.Entry<String, String> e : o.entrySet()) {
+            if (e.getKey().equals("id") || !e.getValue().startsWith("-")) continue;
+            throw new QmpException(e.getKey().startsWith("x-") ? "Property values cannot be negative"
+                    : "bps/iops/max values must be within [0, 1000000000000000]");
+        }
+        return o;
+    }
+
+    /** MirrorJob's bound on its copy buffers (parallel copies x granularity). */
+    private static final long MAX_BUF_SIZE = 256L << 20;
+
+    /**
+     * blockdev-mirror: refuses what jvhost's mirror does not do, with the option's name, then hands over to
+     * {@link Daemon#startMirror}. QEMU's defaults: sync only 'full' here, errors 'report', copy-mode 'background',
+     * auto-finalize and auto-dismiss on. buf-size (bytes of copies in flight) becomes the number of parallel copies.
+     */
+    private static void mirror(Daemon d, Map<String, String> a) throws QmpException {
+        String device = a.get("device"), target = a.get("target");
+        String sync = a.get("sync");
+        if (!sync.equals("full")) throw new QmpException("Sync mode '" + sync + "' is not supported (only 'full')");
+        long speed = Long.parseLong(a.getOrDefault("speed", "0"));
+        if (speed < 0) throw new QmpException("Invalid parameter 'speed'");
+        if (speed != 0) throw new QmpException("speed limits are not supported (only 0, unlimited)");
+        for (String k : new String[] {"on-source-error", "on-target-error"}) {
+            String v = a.getOrDefault(k, "report");
+            if (!v.equals("report")) throw new QmpException(k + " '" + v + "' is not supported (only 'report')");
+        }
+        String mode = a.getOrDefault("copy-mode", "background");
+        if (!mode.equals("background")) throw new QmpException("copy-mode '" + mode + "' is not supported (only 'background')");
+        if (!isOn(a.getOrDefault("auto-finalize", "on"))) {
+            throw new QmpException("auto-finalize=false is not supported (jobs always finalize on their own)");
+        }
+        if (a.containsKey("filter-node-name")) {
+            throw new QmpException("filter-node-name is not supported (jvhost's mirror inserts no filter node)");
+        }
+        String replaces = a.get("replaces");
+        if (replaces != null && !replaces.equals(device)) {
+            throw new QmpException("replaces is not supported (the mirror replaces its source, '" + device + "')");
+        }
+        long granularity = Long.parseLong(a.getOrDefault("granularity", "0"));
+        if (granularity == 0) granularity = MirrorJob.DEFAULT_GRANULARITY;
+        if (granularity < 512 || granularity > (64L << 20)) {
+            throw new QmpException("Parameter 'granularity' expects a value in range [512B, 64MB]");
+        }
+        if (Long.bitCount(granularity) != 1) throw new QmpException("Parameter 'granularity' expects a power of 2");
+        long bufSize = Long.parseLong(a.getOrDefault("buf-size", "0"));
+        if (bufSize < 0) throw new QmpException("Invalid parameter 'buf-size'");
+        if (bufSize > MAX_BUF_SIZE) throw new QmpException("Parameter 'buf-size' expects a value in range [0, 256MB]");
+        long ops = bufSize == 0 ? Math.min(MirrorJob.DEFAULT_MAX_OPS, MAX_BUF_SIZE / granularity)
+                : (bufSize + granularity - 1) / granularity;
+        int maxOps = (int) Math.max(1, Math.min(256, ops));
+        d.startMirror(a.get("job-id"), device, target, granularity, maxOps, isOn(a.getOrDefault("auto-dismiss", "on")));
     }
 
     private static Map<String, Qapi.Struct> branches(Object... nameThenStruct) {
@@ -168,7 +315,7 @@ final class QmpCommands {
             ObjectNode x = out.addObject();
             x.put("type", "vhost-user-blk");
             x.put("id", e.spec.id());
-            x.put("node-name", e.spec.nodeName());
+            x.put("node-name", e.nodeName());
             x.put("shutting-down", e.shuttingDown);
         }
         return out;

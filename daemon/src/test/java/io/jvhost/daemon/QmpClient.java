@@ -140,6 +140,13 @@ final class QmpClient implements AutoCloseable {
         }
     }
 
+    /** The next event, whatever its name (bounded). */
+    JsonNode nextEvent() throws InterruptedException {
+        JsonNode e = events.poll(TIMEOUT_S, TimeUnit.SECONDS);
+        assertNotNull(e, "no event within " + TIMEOUT_S + " s");
+        return e;
+    }
+
     boolean hasPendingEvent() {
         return !events.isEmpty();
     }

@@ -89,7 +89,7 @@ class QmpCommandsTest {
         qmp.fails(GE, "duplicate node name 'n0'", "blockdev-add", "{\"driver\": \"null-co\", \"node-name\": \"n0\", \"size\": 512}");
         qmp.fails(GE, "Parameter 'node-name' is missing", "blockdev-add", "{\"driver\": \"null-co\", \"size\": 512}");
         qmp.fails(GE, "Parameter 'driver' is missing", "blockdev-add", "{\"node-name\": \"x\"}");
-        qmp.fails(GE, "driver 'qcow2' is not supported (only 'file' and 'null-co')", "blockdev-add",
+        qmp.fails(GE, "driver 'qcow2' is not supported (only 'file', 'null-co', 'raw' and 'throttle')", "blockdev-add",
                 "{\"driver\": \"qcow2\", \"node-name\": \"x\", \"file\": \"f0\"}");
         qmp.fails(GE, "Parameter 'discard' is unexpected", "blockdev-add",
                 "{\"driver\": \"null-co\", \"node-name\": \"x\", \"size\": 512, \"discard\": \"unmap\"}");
@@ -207,7 +207,11 @@ class QmpCommandsTest {
         Path noDir = dir.resolve("no-such-dir").resolve("s.sock");
         JsonNode r = qmp.execute("block-export-add", exportArgs("e1", "n0", noDir, ""));
         assertTrue(r.get("error").get("desc").asText().startsWith("export 'e1': cannot listen on " + noDir + ": "), r.toString());
-        assertTrue(threadsNamed("e1-vq").isEmpty(), "a failed export leaves no threads");
+        // A failed export leaves no threads (an event loop's thread exits just after its close() returns).
+        for (Thread t : threadsNamed("e1-vq")) {
+            t.join(10_000);
+            assertFalse(t.isAlive(), t.getName() + " still runs after a failed block-export-add");
+        }
 
         assertEquals(1, qmp.ok("query-block-exports", null).size());
         qmp.fails(GE, "Export 'nope' is not found", "block-export-del", "{\"id\": \"nope\"}");
@@ -237,8 +241,8 @@ class QmpCommandsTest {
         assertTrue(comm.startsWith("qio1"), comm);
 
         qmp.fails(GE, "id 'qio1' is already in use", "object-add", "{\"qom-type\": \"iothread\", \"id\": \"qio1\"}");
-        qmp.fails(GE, "object type 'throttle-group' is not supported (only 'iothread' and 'throttle-group')", "object-add",
-                "{\"qom-type\": \"throttle-group\", \"id\": \"tg0\"}");
+        qmp.fails(GE, "object type 'memory-backend-memfd' is not supported (only 'iothread' and 'throttle-group')",
+                "object-add", "{\"qom-type\": \"memory-backend-memfd\", \"id\": \"mem0\"}");
         qmp.fails(GE, "Parameter 'id' is missing", "object-add", "{\"qom-type\": \"iothread\"}");
         qmp.fails(GE, "Parameter 'qom-type' is missing", "object-add", "{\"id\": \"x\"}");
         qmp.fails(GE, "parameter 'poll-max-ns' expects a non-negative integer, not '-1'", "object-add",
@@ -270,5 +274,122 @@ class QmpCommandsTest {
         assertEquals(json("[]"), qmp.ok("query-block-exports", null));
         assertTrue(daemon.exports().isEmpty());
         qmp.ok("object-del", "{\"id\": \"cio\"}");
+    }
+
+    private static String names(JsonNode nodes) {
+        List<String> n = new ArrayList<>();
+        for (JsonNode x : nodes) n.add(x.get("node-name").asText());
+        return String.join(",", n);
+    }
+
+    @Test
+    void blockdevDelRefusesNodesInUseAndDeletesFreeOnes(@TempDir Path dir) throws Exception {
+        start(dir, "--blockdev", "null-co,node-name=cli,size=1M");
+        Path sock = dir.resolve("e0.sock");
+        qmp.ok("blockdev-add", "{\"driver\": \"null-co\", \"node-name\": \"n0\", \"size\": 1048576}");
+        qmp.ok("blockdev-add", "{\"driver\": \"null-co\", \"node-name\": \"base\", \"size\": 1048576}");
+        qmp.ok("blockdev-add", "{\"driver\": \"raw\", \"node-name\": \"r\", \"file\": \"base\", \"offset\": 512, "
+                + "\"size\": 4096}");
+        qmp.ok("block-export-add", exportArgs("e0", "n0", sock, ", \"writable\": true"));
+        assertEquals("cli,n0,base,r", names(qmp.ok("query-named-block-nodes", null)));
+        assertEquals(4096, qmp.ok("query-named-block-nodes", null).get(3).get("image").get("virtual-size").asLong());
+
+        qmp.fails(GE, "Failed to find node with node-name='nope'", "blockdev-del", "{\"node-name\": \"nope\"}");
+        qmp.fails(GE, "Parameter 'node-name' is missing", "blockdev-del", "{}");
+        qmp.fails(GE, "Parameter 'force' is unexpected", "blockdev-del", "{\"node-name\": \"n0\", \"force\": true}");
+        qmp.fails(GE, "Node n0 is in use", "blockdev-del", "{\"node-name\": \"n0\"}");          // an export's backend
+        qmp.fails(GE, "Block device base is in use", "blockdev-del", "{\"node-name\": \"base\"}"); // a parent node
+        qmp.fails(GE, "Parameter 'file': inline child definitions are not supported; create the child with its own "
+                        + "blockdev-add and give its node-name", "blockdev-add",
+                "{\"driver\": \"raw\", \"node-name\": \"r2\", \"file\": {\"driver\": \"null-co\", \"size\": 512}}");
+        qmp.fails(GE, "Invalid parameter type for 'file', expected: BlockdevRef", "blockdev-add",
+                "{\"driver\": \"raw\", \"node-name\": \"r2\", \"file\": 1}");
+        qmp.fails(GE, "option 'file': no node named 'nope'", "blockdev-add",
+                "{\"driver\": \"raw\", \"node-name\": \"r2\", \"file\": \"nope\"}");
+        assertEquals("cli,n0,base,r", names(qmp.ok("query-named-block-nodes", null)));
+
+        // Parent first, then the child; command-line nodes too.
+        assertEquals(json("{}"), qmp.ok("blockdev-del", "{\"node-name\": \"r\"}"));
+        assertEquals(json("{}"), qmp.ok("blockdev-del", "{\"node-name\": \"base\"}"));
+        assertEquals(json("{}"), qmp.ok("blockdev-del", "{\"node-name\": \"cli\"}"));
+        assertEquals("n0", names(qmp.ok("query-named-block-nodes", null)));
+        qmp.fails(GE, "Failed to find node with node-name='base'", "blockdev-del", "{\"node-name\": \"base\"}");
+        // The name is free again.
+        qmp.ok("blockdev-add", "{\"driver\": \"null-co\", \"node-name\": \"base\", \"size\": 512}");
+        assertEquals(512, qmp.ok("query-named-block-nodes", null).get(1).get("image").get("virtual-size").asLong());
+
+        // The exported node is free once the export is gone (not while it shuts down: the event says when).
+        qmp.ok("block-export-del", "{\"id\": \"e0\"}");
+        qmp.event("BLOCK_EXPORT_DELETED");
+        assertEquals(json("{}"), qmp.ok("blockdev-del", "{\"node-name\": \"n0\"}"));
+        assertEquals("base", names(qmp.ok("query-named-block-nodes", null)));
+        qmp.fails(GE, "node 'n0' not found", "block-export-add", exportArgs("e1", "n0", sock, ""));
+    }
+
+    @Test
+    void throttleGroupObjectsAddedUsedAndDeleted(@TempDir Path dir) throws Exception {
+        start(dir, "--object", "throttle-group,id=ctg,x-iops-total=100", "--object", "iothread,id=io0");
+        assertEquals(json("{}"), qmp.ok("object-add", "{\"qom-type\": \"throttle-group\", \"id\": \"tg0\", \"limits\": "
+                + "{\"iops-total\": 1000, \"iops-total-max\": 2000, \"iops-total-max-length\": 2, \"bps-write\": 1048576, "
+                + "\"iops-size\": 4096}}"));
+        assertEquals(json("{}"), qmp.ok("object-add", "{\"qom-type\": \"throttle-group\", \"id\": \"tg1\", "
+                + "\"x-iops-read\": 500, \"x-bps-total\": 10485760, \"x-bps-total-max\": 20971520}"));
+        assertEquals(json("{}"), qmp.ok("object-add", "{\"qom-type\": \"throttle-group\", \"id\": \"tg2\"}"));   // no limits
+
+        String tg = "{\"qom-type\": \"throttle-group\", \"id\": \"x\", ";
+        qmp.fails(GE, "id 'tg0' is already in use", "object-add", "{\"qom-type\": \"throttle-group\", \"id\": \"tg0\"}");
+        qmp.fails(GE, "id 'ctg' is already in use", "object-add", "{\"qom-type\": \"throttle-group\", \"id\": \"ctg\"}");
+        qmp.fails(GE, "id 'io0' is already in use", "object-add", "{\"qom-type\": \"throttle-group\", \"id\": \"io0\"}");
+        qmp.fails(GE, "id 'tg0' is already in use", "object-add", "{\"qom-type\": \"iothread\", \"id\": \"tg0\"}");
+        qmp.fails(GE, "invalid id '0x' (a letter, then letters, digits, '-', '.', '_')", "object-add",
+                "{\"qom-type\": \"throttle-group\", \"id\": \"0x\"}");
+        qmp.fails(GE, "bps/iops/max total values and read/write values cannot be used at the same time", "object-add",
+                tg + "\"limits\": {\"bps-total\": 1, \"bps-read\": 1}}");
+        qmp.fails(GE, "Property values cannot be negative", "object-add", tg + "\"x-iops-total\": -1}");
+        qmp.fails(GE, "bps/iops/max values must be within [0, 1000000000000000]", "object-add",
+                tg + "\"limits\": {\"iops-write\": -5}}");
+        qmp.fails(GE, "bps/iops/max values must be within [0, 1000000000000000]", "object-add",
+                tg + "\"limits\": {\"iops-write\": 1000000000000001}}");
+        qmp.fails(GE, "options 'x-iops-total' and 'limits.iops-total' both set", "object-add",
+                tg + "\"x-iops-total\": 1, \"limits\": {\"iops-total\": 2}}");
+        qmp.fails(GE, "iops size requires an iops value to be set", "object-add", tg + "\"limits\": {\"iops-size\": 512}}");
+        qmp.fails(GE, "bps_max/iops_max require corresponding bps/iops values (iops-read-max)", "object-add",
+                tg + "\"x-iops-read-max\": 10}");
+        qmp.fails(GE, "Parameter 'limits.iops' is unexpected", "object-add", tg + "\"limits\": {\"iops\": 1}}");
+        qmp.fails(GE, "Parameter 'iops-total' is unexpected", "object-add", tg + "\"iops-total\": 1}");
+        qmp.fails(GE, "Invalid parameter type for 'limits', expected: object", "object-add", tg + "\"limits\": 5}");
+        qmp.fails(GE, "Invalid parameter type for 'x-bps-read', expected: integer", "object-add", tg + "\"x-bps-read\": \"1M\"}");
+        qmp.fails(GE, "Parameter 'poll-max-ns' is unexpected", "object-add", tg + "\"poll-max-ns\": 1}");
+        qmp.fails(GE, "object 'x' not found", "object-del", "{\"id\": \"x\"}");   // none of the failures left a group
+
+        // Throttle nodes bind to groups; a bound group cannot go.
+        qmp.ok("blockdev-add", "{\"driver\": \"null-co\", \"node-name\": \"n0\", \"size\": 1048576}");
+        assertEquals(json("{}"), qmp.ok("blockdev-add", "{\"driver\": \"throttle\", \"node-name\": \"t0\", "
+                + "\"throttle-group\": \"tg0\", \"file\": \"n0\"}"));
+        qmp.ok("blockdev-add", "{\"driver\": \"throttle\", \"node-name\": \"t1\", \"throttle-group\": \"ctg\", \"file\": \"t0\"}");
+        qmp.fails(GE, "option 'throttle-group': no throttle group 'nope'", "blockdev-add",
+                "{\"driver\": \"throttle\", \"node-name\": \"t2\", \"throttle-group\": \"nope\", \"file\": \"n0\"}");
+        qmp.fails(GE, "Parameter 'throttle-group' is missing", "blockdev-add",
+                "{\"driver\": \"throttle\", \"node-name\": \"t2\", \"file\": \"n0\"}");
+        qmp.fails(GE, "option 'throttle-group': no throttle group 'io0'", "blockdev-add",
+                "{\"driver\": \"throttle\", \"node-name\": \"t2\", \"throttle-group\": \"io0\", \"file\": \"n0\"}");
+        assertEquals("throttle", qmp.ok("query-named-block-nodes", null).get(1).get("drv").asText());
+
+        qmp.fails(GE, "object 'tg0' is in use, can not be deleted", "object-del", "{\"id\": \"tg0\"}");
+        qmp.fails(GE, "object 'ctg' is in use, can not be deleted", "object-del", "{\"id\": \"ctg\"}");
+        qmp.fails(GE, "Block device t0 is in use", "blockdev-del", "{\"node-name\": \"t0\"}");
+        qmp.ok("blockdev-del", "{\"node-name\": \"t1\"}");
+        assertEquals(json("{}"), qmp.ok("object-del", "{\"id\": \"ctg\"}"));
+        qmp.fails(GE, "object 'tg0' is in use, can not be deleted", "object-del", "{\"id\": \"tg0\"}");
+        qmp.ok("blockdev-del", "{\"node-name\": \"t0\"}");
+        assertEquals(json("{}"), qmp.ok("object-del", "{\"id\": \"tg0\"}"));
+        qmp.fails(GE, "object 'tg0' not found", "object-del", "{\"id\": \"tg0\"}");
+        qmp.fails(GE, "option 'throttle-group': no throttle group 'tg0'", "blockdev-add",
+                "{\"driver\": \"throttle\", \"node-name\": \"t0\", \"throttle-group\": \"tg0\", \"file\": \"n0\"}");
+        // The id is free for either kind again; deleting a group leaves the iothreads alone.
+        qmp.ok("object-add", "{\"qom-type\": \"iothread\", \"id\": \"tg0\"}");
+        qmp.ok("object-del", "{\"id\": \"tg1\"}");
+        qmp.ok("object-del", "{\"id\": \"tg2\"}");
+        assertEquals(2, qmp.ok("query-iothreads", null).size());
     }
 }

@@ -123,6 +123,24 @@ public final class Qapi {
         };
     }
 
+    /**
+     * QAPI's BlockdevRef, an alternate of a node-name and an inline BlockdevOptions, restricted to the node-name:
+     * children are created with their own blockdev-add first.
+     */
+    public static Type nodeRef() {
+        return new Type() {
+            @Override
+            void flatten(String name, String key, JsonNode v, Map<String, String> out) throws QmpException {
+                if (v.isObject()) {
+                    throw new QmpException("Parameter '" + name + "': inline child definitions are not supported;"
+                            + " create the child with its own blockdev-add and give its node-name");
+                }
+                if (!v.isTextual()) throw typeError(name, "BlockdevRef");
+                out.put(key, v.textValue());
+            }
+        };
+    }
+
     public record Member(String name, Type type, boolean optional) {}
 
     public static Member required(String name, Type type) {
