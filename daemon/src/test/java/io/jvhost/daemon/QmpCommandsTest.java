@@ -128,6 +128,18 @@ class QmpCommandsTest {
                         + "\"writethrough\": false, \"fixed-iothread\": true, \"serial\": \"SN0\"")));
         assertEquals(json("[{\"type\": \"vhost-user-blk\", \"id\": \"e0\", \"node-name\": \"n0\", \"shutting-down\": false}]"),
                 qmp.ok("query-block-exports", null));
+        // query-blockstats: one entry per export, QEMU's BlockDeviceStats summed over its queues, and per queue.
+        JsonNode stats = qmp.ok("query-blockstats", null);
+        assertEquals(1, stats.size(), stats.toString());
+        assertEquals("e0", stats.get(0).get("device").asText());
+        assertEquals("n0", stats.get(0).get("node-name").asText());
+        for (String f : List.of("rd_bytes", "wr_bytes", "unmap_bytes", "rd_operations", "wr_operations",
+                "flush_operations", "unmap_operations", "rd_total_time_ns", "wr_total_time_ns", "flush_total_time_ns",
+                "failed_rd_operations", "failed_wr_operations")) {
+            assertEquals(0, stats.get(0).get("stats").get(f).asLong(), f + " in " + stats);
+        }
+        assertEquals(2, stats.get(0).get("x-queues").size(), "one entry per virtqueue");
+        qmp.fails(GE, "Parameter 'bogus' is unexpected", "query-blockstats", "{\"bogus\": 1}");
         // Served: a front-end gets its answer from the main loop.
         assertTrue((VhostUserProbe.getFeatures(sock, 10_000) & VhostUserProbe.VIRTIO_F_VERSION_1) != 0);
         assertTrue(threadsNamed("e0-vq").isEmpty(), "the export uses qio0, no threads of its own");
