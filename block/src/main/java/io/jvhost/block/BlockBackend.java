@@ -68,6 +68,14 @@ public final class BlockBackend {
         return root.bs().getLength();
     }
 
+    /**
+     * Resizes the root node ({@link BlockDriverState#truncate}); the device hears about it through
+     * {@link BlockDevOps#resized}. From a management thread.
+     */
+    public void truncate(long newLength) throws BlockException {
+        root().truncate(newLength);
+    }
+
     public boolean isWritable() {
         return writable;
     }
@@ -322,6 +330,12 @@ public final class BlockBackend {
         @Override
         public boolean childDrainedPoll(BdrvChild c) {
             return inFlight.get() != 0;
+        }
+
+        @Override
+        public void childResized(BdrvChild c) {
+            BlockDevOps ops = devOps;
+            if (ops != null && !closed) ops.resized();
         }
 
         boolean writable() {

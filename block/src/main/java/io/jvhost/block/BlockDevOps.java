@@ -12,4 +12,11 @@ public interface BlockDevOps {
 
     /** The drained section ended: resume taking requests. Parked requests restart right after this returns. */
     void drainedEnd();
+
+    /**
+     * The backend's length changed ({@link BlockDriverState#truncate}); called after the drained section ended,
+     * on the resizing (management) thread without the graph lock. Must not block: post the work (e.g. tell the
+     * front-end about the new capacity) to the device's own thread.
+     */
+    default void resized() {}
 }

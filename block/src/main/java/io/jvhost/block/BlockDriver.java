@@ -11,8 +11,21 @@ package io.jvhost.block;
 interface BlockDriver {
     String name();
 
-    /** Bytes, fixed at open. */
+    /** Bytes; changes only through {@link #truncate} or {@link #childResized} (read by any thread: volatile). */
     long getLength();
+
+    /**
+     * Resizes to {@code newLength} bytes (already checked non-negative, node writable and subtree drained; a
+     * management thread, graph lock not held). Default: the driver cannot resize.
+     */
+    default void truncate(long newLength) throws BlockException {
+        throw new BlockException("Cannot resize a '" + name() + "' node");
+    }
+
+    /** The child behind the "file" edge now has {@code childLength} bytes: true if this driver's length followed. */
+    default boolean childResized(long childLength) {
+        return false;
+    }
 
     void read(long offset, IoVec iov, BlockRequest r);
 

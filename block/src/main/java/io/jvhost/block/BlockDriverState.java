@@ -38,7 +38,8 @@ public final class BlockDriverState {
     private final BlockDriver drv;
     private final boolean readOnly;
     private final AioPool pool;
-    private final long length;
+    /** Changes only while the node is drained (truncate); volatile for the request threads. */
+    private volatile long length;
     private final AtomicLong inFlight = new AtomicLong();
     private volatile boolean closed;
     private volatile DirtyBitmap[] bitmaps = NO_BITMAPS;
@@ -167,6 +168,47 @@ public final class BlockDriverState {
         } finally {
             BlockGraph.unlock();
         }
+    }
+
+    // ------------------------------------------------------------------------------------------- resize
+
+    /**
+     * QEMU's bdrv_truncate for block_resize: drains this node's subtree (and so quiesces its parents), resizes
+     * (growing or shrinking), then, after the drained section, tells the parents: filters that follow their child
+     * take the new length, and backends call {@link BlockDevOps#resized}. From a management thread, not holding
+     * the graph lock and not from a completion callback (drain waits).
+     */
+    public void truncate(long newLength) throws BlockException {
+        if (newLength < 0) throw new BlockException("Parameter 'size' expects a non-negative size");
+        if (readOnly) throw new BlockException("Node '" + nodeName + "' is read only");
+        if (closed) throw new BlockException("Node '" + nodeName + "' is closed");
+        subtreeDrainedBegin();
+        try {
+            truncateDrained(newLength);
+        } finally {
+            subtreeDrainedEnd();
+        }
+        notifyResized();
+    }
+
+    /** The resize itself; the caller drained this node's subtree. Filters call it on their child. */
+    void truncateDrained(long newLength) throws BlockException {
+        if (readOnly) throw new BlockException("Node '" + nodeName + "' is read only");
+        if (newLength == length) return;
+        drv.truncate(newLength);
+        length = drv.getLength();
+    }
+
+    /** Tells every parent edge (a snapshot: callbacks run without the graph lock) that this node was resized. */
+    private void notifyResized() {
+        List<BdrvChild> edges;
+        BlockGraph.lock();
+        try {
+            edges = new ArrayList<>(parents);
+        } finally {
+            BlockGraph.unlock();
+        }
+        for (BdrvChild e : edges) e.parent().childResized(e);
     }
 
     // ------------------------------------------------------------------------------------------- drain
@@ -446,5 +488,16 @@ public final class BlockDriverState {
             BlockGraph.unquiesce(BlockDriverState.this);
         }
         // childDrainedPoll: the node itself is among the nodes drain waits for.
+
+        @Override
+        public void childResized(BdrvChild c) {
+            // A length-following filter (raw without size/offset, throttle) takes the child's length and passes
+            // the news up; it was already updated if the truncate came through it (then nothing changes here).
+            long before = length;
+            if (drv.childResized(c.bs().getLength())) {
+                length = drv.getLength();
+                if (length != before) notifyResized();
+            }
+        }
     }
 }

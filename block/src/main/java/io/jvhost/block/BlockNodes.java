@@ -126,7 +126,7 @@ public final class BlockNodes {
                     }
                     if (size % 512 != 0) throw new BlockException("blockdev: size (" + size + ") is not a multiple of 512");
                 }
-                drv = new RawDriver(offset, size);
+                drv = new RawDriver(offset, size, offset != 0 || o.containsKey("size"));
                 break;
             }
             default: { // throttle

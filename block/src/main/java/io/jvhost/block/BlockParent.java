@@ -25,4 +25,7 @@ public interface BlockParent {
     default boolean childDrainedPoll(BdrvChild c) {
         return false;
     }
+
+    /** The child behind {@code c} changed its length; called after the drained section, graph lock not held. */
+    default void childResized(BdrvChild c) {}
 }

@@ -44,7 +44,7 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
     private final int rawFd;
     private final boolean direct;
     private final int align;
-    private final long length;
+    private volatile long length;
     private final Lock shared;
     private final Lock exclusive;
 
@@ -150,6 +150,18 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
     @Override
     public long getLength() {
         return length;
+    }
+
+    /** ftruncate on our own descriptor (not through the channel: FileChannel.truncate cannot grow). */
+    @Override
+    public void truncate(long newLength) throws BlockException {
+        if (direct && newLength % align != 0) {
+            throw new BlockException("cache.direct=on needs the new size (" + newLength + ") to be a multiple of " + align);
+        }
+        if (Libc.ftruncate(rawFd, newLength) != 0) {
+            throw new BlockException("Could not resize file '" + filename + "': errno " + Libc.errno());
+        }
+        length = newLength;
     }
 
     int alignment() {

@@ -7,7 +7,7 @@ import java.nio.ByteBuffer;
  * read-zeroes=on; latency-ns delays every completion (a timer, not a sleeping thread).
  */
 final class NullDriver implements BlockDriver {
-    private final long length;
+    private volatile long length;
     private final boolean readZeroes;
     private final long latencyNs;
 
@@ -25,6 +25,11 @@ final class NullDriver implements BlockDriver {
     @Override
     public long getLength() {
         return length;
+    }
+
+    @Override
+    public void truncate(long newLength) {
+        length = newLength; // nothing is stored: any size works
     }
 
     @Override

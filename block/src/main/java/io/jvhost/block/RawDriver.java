@@ -6,12 +6,15 @@ package io.jvhost.block;
  */
 final class RawDriver implements BlockDriver {
     private final long offset;
-    private final long length;
+    /** offset or size given: a fixed window of the child that neither resizes nor follows it. */
+    private final boolean fixedWindow;
+    private volatile long length;
     private BdrvChild file;
 
-    RawDriver(long offset, long length) {
+    RawDriver(long offset, long length, boolean fixedWindow) {
         this.offset = offset;
         this.length = length;
+        this.fixedWindow = fixedWindow;
     }
 
     void setFile(BdrvChild file) {
@@ -26,6 +29,20 @@ final class RawDriver implements BlockDriver {
     @Override
     public long getLength() {
         return length;
+    }
+
+    @Override
+    public void truncate(long newLength) throws BlockException {
+        if (fixedWindow) throw new BlockException("Cannot resize a raw node with size/offset");
+        file.bs().truncateDrained(newLength);
+        length = newLength;
+    }
+
+    @Override
+    public boolean childResized(long childLength) {
+        if (fixedWindow) return false;
+        length = childLength;
+        return true;
     }
 
     @Override

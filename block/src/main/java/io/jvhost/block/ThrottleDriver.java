@@ -7,7 +7,7 @@ package io.jvhost.block;
  */
 final class ThrottleDriver implements BlockDriver, BlockRequest.Continuation {
     private final ThrottleGroup group;
-    private final long length;
+    private volatile long length;
     private BdrvChild file;
     /** Drain phase 1 depth for this node (guarded by the group's lock). */
     int noThrottle;
@@ -33,6 +33,18 @@ final class ThrottleDriver implements BlockDriver, BlockRequest.Continuation {
     @Override
     public long getLength() {
         return length;
+    }
+
+    @Override
+    public void truncate(long newLength) throws BlockException {
+        file.bs().truncateDrained(newLength);
+        length = newLength;
+    }
+
+    @Override
+    public boolean childResized(long childLength) {
+        length = childLength;
+        return true;
     }
 
     @Override

@@ -13,7 +13,12 @@ import io.jvhost.daemon.qmp.QmpException;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionException;
 import java.util.concurrent.Executor;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.atomic.AtomicInteger;
 
 import static io.jvhost.daemon.qmp.Qapi.BOOL;
 import static io.jvhost.daemon.qmp.Qapi.INT;
@@ -34,8 +39,7 @@ import static io.jvhost.daemon.qmp.Qapi.union;
  * "unexpected", as an unknown one is. Values are then checked by the command-line code ({@link Options}), and the
  * work is done by the {@link Daemon} methods that the command line uses, on the main loop.
  *
- * <p>Only what works is registered, so query-commands lists only that. Not here: block_resize and query-blockstats
- * (the export does not offer a resize or its statistics yet), qom-set of a throttle group's limits (the block
+ * <p>Only what works is registered, so query-commands lists only that. Not here: qom-set of a throttle group's limits (the block
  * layer's groups are immutable), block-set-io-throttle (backends have no throttling of their own; use a throttle
  * node), the block-job-* verbs (the job-* ones are here) and block-job-set-speed (no rate limit).
  */
@@ -116,6 +120,24 @@ final class QmpCommands {
 
     private static final Qapi.Type NO_ARGS = struct();
 
+    static final Qapi.Type BLOCK_RESIZE = struct(optional("device", STR), optional("node-name", STR), required("size", INT));
+
+    /**
+     * block_resize drains the node, which waits for its requests: never on the main loop (the exports' message
+     * handling and completions may need it). Daemon threads, so a resize stuck on a hung disk does not keep the
+     * process alive at quit.
+     */
+    private static final ExecutorService RESIZE = Executors.newCachedThreadPool(new java.util.concurrent.ThreadFactory() {
+        private final AtomicInteger n = new AtomicInteger();
+
+        @Override
+        public Thread newThread(Runnable r) {
+            Thread t = new Thread(r, "jvhost-resize-" + n.incrementAndGet());
+            t.setDaemon(true);
+            return t;
+        }
+    });
+
     static List<QmpCommand> of(Daemon d) {
         Executor main = d.mainLoop();
         return List.of(
@@ -141,6 +163,7 @@ final class QmpCommands {
                             return Json.object();
                         }),
                 QmpCommand.sync("query-block-exports", NO_ARGS, main, a -> blockExports(d)),
+                QmpCommand.async("block_resize", BLOCK_RESIZE, main, a -> blockResize(d, a)),
                 QmpCommand.sync("query-blockstats", struct(optional("query-nodes", BOOL)), main, a -> blockStats(d)),
 
                 QmpCommand.sync("object-add", OBJECT_OPTIONS, main, a -> {
@@ -271,6 +294,30 @@ final class QmpCommands {
         } catch (KeyValueException e) {
             throw new QmpException(e.getMessage());
         }
+    }
+
+    /**
+     * QEMU's qmp_block_resize: the node by bdrv_lookup_bs (device names a backend; this daemon's backends are the
+     * exports' and have no name, as in qemu-storage-daemon, so only node-name can match), a negative size is
+     * refused, then the node is truncated on a management thread and the reply comes when it is done.
+     */
+    private static CompletableFuture<JsonNode> blockResize(Daemon d, Map<String, String> a) throws QmpException {
+        String device = a.get("device"), nodeName = a.get("node-name");
+        BlockDriverState bs = nodeName == null ? null : d.nodes().get(nodeName);
+        if (bs == null) {
+            throw new QmpException("Cannot find device='" + (device == null ? "" : device) + "' nor node-name='"
+                    + (nodeName == null ? "" : nodeName) + "'");
+        }
+        long size = Long.parseLong(a.get("size"));
+        if (size < 0) throw new QmpException("Parameter 'size' expects a >0 size");
+        return CompletableFuture.supplyAsync(() -> {
+            try {
+                bs.truncate(size);
+            } catch (io.jvhost.block.BlockException e) {
+                throw new CompletionException(new QmpException(e.getMessage()));
+            }
+            return Json.object();
+        }, RESIZE);
     }
 
     private static KeyValue keyValue(Map<String, String> flat) throws KeyValueException {

@@ -117,6 +117,43 @@ class QmpCommandsTest {
                 + "\", \"addr\": {\"type\": \"unix\", \"path\": \"" + sock + "\"}" + more + "}";
     }
 
+    private long virtualSize(String node) throws Exception {
+        for (JsonNode n : qmp.ok("query-named-block-nodes", null)) {
+            if (node.equals(n.get("node-name").asText())) return n.get("image").get("virtual-size").asLong();
+        }
+        throw new AssertionError("no node " + node);
+    }
+
+    @Test
+    void blockResizeOfAnExportedNode(@TempDir Path dir) throws Exception {
+        start(dir);
+        Path sock = dir.resolve("e0.sock");
+        qmp.ok("blockdev-add", "{\"driver\": \"null-co\", \"node-name\": \"n0\", \"size\": 1048576}");
+        qmp.ok("blockdev-add", "{\"driver\": \"raw\", \"node-name\": \"r0\", \"file\": \"n0\"}");
+        qmp.ok("blockdev-add", "{\"driver\": \"raw\", \"node-name\": \"w0\", \"file\": \"n0\", \"size\": 4096}");
+        qmp.ok("blockdev-add", "{\"driver\": \"null-co\", \"node-name\": \"ro\", \"size\": 4096, \"read-only\": true}");
+        qmp.ok("block-export-add", exportArgs("e0", "r0", sock, ", \"writable\": true"));
+
+        // The reply comes after the resize: the raw node above follows its child at once.
+        assertEquals(json("{}"), qmp.ok("block_resize", "{\"node-name\": \"n0\", \"size\": 2097152}"));
+        assertEquals(2097152, virtualSize("n0"));
+        assertEquals(2097152, virtualSize("r0"));
+        assertEquals(json("{}"), qmp.ok("block_resize", "{\"device\": \"\", \"node-name\": \"r0\", \"size\": 524288}"));
+        assertEquals(524288, virtualSize("n0"));
+        assertEquals(524288, virtualSize("r0"));
+        // Still served after the drained section.
+        assertTrue((VhostUserProbe.getFeatures(sock, 10_000) & VhostUserProbe.VIRTIO_F_VERSION_1) != 0);
+
+        qmp.fails(GE, "Cannot find device='e0' nor node-name=''", "block_resize", "{\"device\": \"e0\", \"size\": 512}");
+        qmp.fails(GE, "Cannot find device='' nor node-name='nope'", "block_resize", "{\"node-name\": \"nope\", \"size\": 512}");
+        qmp.fails(GE, "Parameter 'size' expects a >0 size", "block_resize", "{\"node-name\": \"n0\", \"size\": -1}");
+        qmp.fails(GE, "Parameter 'size' is missing", "block_resize", "{\"node-name\": \"n0\"}");
+        qmp.fails(GE, "Cannot resize a raw node with size/offset", "block_resize", "{\"node-name\": \"w0\", \"size\": 8192}");
+        qmp.fails(GE, "Node 'ro' is read only", "block_resize", "{\"node-name\": \"ro\", \"size\": 8192}");
+        assertEquals(524288, virtualSize("n0"));
+        assertEquals(4096, virtualSize("w0"));
+    }
+
     @Test
     void exportAddedAtRunTimeIsServedAndDeletedWhileAFrontEndIsAttached(@TempDir Path dir) throws Exception {
         start(dir);

@@ -286,7 +286,7 @@ final class BlkDevice implements Connection.Handler {
                 int fd = m.takeFd(0);
                 if (fd < 0) throw new ProtocolException("SET_BACKEND_REQ_FD without fd");
                 if (backendReqFd >= 0) Libc.close(backendReqFd);
-                backendReqFd = fd; // kept for CONFIG_CHANGE messages (resize, later)
+                backendReqFd = fd; // kept for CONFIG_CHANGE messages (block_resize)
                 return null;
             }
             default:
@@ -875,5 +875,38 @@ final class BlkDevice implements Connection.Handler {
             for (Vring v : vrings) quiesce.unregister(v.q);
             onDone.run();
         }, mainLoop);
+    }
+
+    /**
+     * Main loop: the capacity changed. With BACKEND_REQ, sends VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the
+     * back-end channel so the front-end re-reads the config space (GET_CONFIG) and tells the guest. No reply is
+     * requested (the front-end only acks with NEED_REPLY), so nothing is ever read here; the send never blocks:
+     * if the channel is full the notice is dropped with a warning (the guest sees the size on its next config read).
+     *
+     * @return true if the message went out
+     */
+    boolean configChanged() {
+        mainLoop.assertInContextThread("config change notice");
+        if ((ackedProtocolFeatures & Proto.PF_BACKEND_REQ) == 0 || backendReqFd < 0) {
+            LOG.info(name + ": no back-end channel; the front-end is not told about the new capacity");
+            return false;
+        }
+        byte[] hdr = new byte[Proto.HDR_SIZE]; // request u32, flags u32, size u32 (0), little-endian
+        putLe32(hdr, 0, Proto.BACKEND_CONFIG_CHANGE_MSG);
+        putLe32(hdr, 4, Proto.VERSION);
+        long n = Libc.send(backendReqFd, hdr, hdr.length, Libc.MSG_DONTWAIT | Libc.MSG_NOSIGNAL);
+        if (n != hdr.length) {
+            // A partial header cannot happen on a unix stream socket with room for 12 bytes; either way, drop it.
+            LOG.warning(name + ": CONFIG_CHANGE_MSG not sent (" + (n < 0 ? "errno " + Libc.errno() : n + " bytes") + ")");
+            return false;
+        }
+        return true;
+    }
+
+    private static void putLe32(byte[] b, int off, int v) {
+        b[off] = (byte) v;
+        b[off + 1] = (byte) (v >>> 8);
+        b[off + 2] = (byte) (v >>> 16);
+        b[off + 3] = (byte) (v >>> 24);
     }
 }

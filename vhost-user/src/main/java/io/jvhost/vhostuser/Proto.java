@@ -22,6 +22,9 @@ final class Proto {
             GET_CONFIG = 24, SET_CONFIG = 25, GET_INFLIGHT_FD = 31, SET_INFLIGHT_FD = 32, RESET_DEVICE = 34,
             GET_MAX_MEM_SLOTS = 36, ADD_MEM_REG = 37, REM_MEM_REG = 38, SET_STATUS = 39, GET_STATUS = 40;
 
+    // Back-end requests (on the SET_BACKEND_REQ_FD channel).
+    static final int BACKEND_CONFIG_CHANGE_MSG = 2;
+
     // Virtio feature bits (device-independent).
     static final long F_NOTIFY_ON_EMPTY = 1L << 24, F_LOG_ALL = 1L << 26, F_INDIRECT_DESC = 1L << 28,
             F_EVENT_IDX = 1L << 29, F_PROTOCOL_FEATURES = 1L << 30, F_VERSION_1 = 1L << 32;

@@ -14,6 +14,12 @@ import java.util.concurrent.atomic.AtomicInteger;
 final class Quiesce implements BlockDevOps {
     private final AtomicInteger depth = new AtomicInteger();
     private final CopyOnWriteArrayList<BlkQueue> queues = new CopyOnWriteArrayList<>();
+    /** The export's reaction to a resize (it posts to the main loop); null: none. */
+    private volatile Runnable onResized;
+
+    void setOnResized(Runnable r) {
+        onResized = r;
+    }
 
     boolean active() {
         return depth.get() > 0;
@@ -37,5 +43,11 @@ final class Quiesce implements BlockDevOps {
         if (depth.decrementAndGet() == 0) {
             for (BlkQueue q : queues) q.wake(); // requests may have piled up in the rings meanwhile
         }
+    }
+
+    @Override
+    public void resized() {
+        Runnable r = onResized;
+        if (r != null) r.run();
     }
 }

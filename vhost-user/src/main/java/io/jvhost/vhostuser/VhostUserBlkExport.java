@@ -59,8 +59,10 @@ public final class VhostUserBlkExport implements AutoCloseable {
         List<QueueStats> st = new java.util.ArrayList<>();
         for (int i = 0; i < cfg.numQueues(); i++) st.add(new QueueStats());
         this.stats = List.copyOf(st);
-        blk.setDevOps(quiesce); // drain phase 3 for this export: its queues stop taking requests
         this.mainLoop = mainLoop;
+        // block_resize: the current front-end (if any) is told on the main loop, where the device lives.
+        quiesce.setOnResized(() -> mainLoop.execute(this::onResized));
+        blk.setDevOps(quiesce); // drain phase 3 for this export: its queues stop taking requests
         this.queueThreads = List.copyOf(queueThreads);
     }
 
@@ -163,6 +165,12 @@ public final class VhostUserBlkExport implements AutoCloseable {
                 // nothing more to do
             }
         }
+    }
+
+    /** Main loop: the backend's length changed; GET_CONFIG already reports it live, the front-end needs a nudge. */
+    private void onResized() {
+        LOG.info(cfg.id() + ": resized to " + blk.getLength() + " bytes");
+        if (device != null) device.configChanged();
     }
 
     private void resumeAccepting() {

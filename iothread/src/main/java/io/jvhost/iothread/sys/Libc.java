@@ -82,4 +82,10 @@ public final class Libc {
 
     /** fcntl with a {@code struct flock *} (the lock commands); flock must point at FLOCK_SIZE writable bytes. */
     public static native int fcntl(int fd, int cmd, Pointer flock);
+
+    /** send(2) flags: never block (whatever the socket's mode), no SIGPIPE on a closed peer. */
+    public static final int MSG_DONTWAIT = 0x40, MSG_NOSIGNAL = 0x4000;
+
+    /** send(2) from a Java array: bytes sent, or -1 and {@link #errno()} (EAGAIN: would block). */
+    public static native long send(int fd, byte[] buf, long len, int flags);
 }
