@@ -50,7 +50,42 @@ final class Connection {
         this.handler = handler;
         ch.configureBlocking(false);
         ch.setAncillaryReceiveBufferSize(1024); // default 0 silently drops fds
+        enlargeAncillaryBuffer(ch);
         this.rawFd = FileDescriptorCast.using(ch.getFileDescriptor()).as(Integer.class);
+    }
+
+    /** CMSG_SPACE(SCM_MAX_FD * 4): room for the most fds the kernel lets one sendmsg carry (253). */
+    static final int ANCILLARY_BYTES = 1032;
+    private static volatile boolean warnedAncillary;
+
+    /**
+     * junixsocket 2.11.1 clamps the ancillary receive buffer to 256 bytes (60 fds), and when a message carries
+     * more, its recvmsg fails with ENOBUFS (MSG_CTRUNC) without handing over the 60 fds the kernel has already
+     * installed in this process: a hostile front-end could leak 60 fds per connection until the process runs out
+     * (found by VhostUserMessageFuzzTest). A buffer for 253 fds means truncation cannot happen; junixsocket's own
+     * unclamped setter is package-private, hence reflection. If that stops working (another junixsocket), the
+     * export still works and says once that the leak is possible.
+     */
+    static void enlargeAncillaryBuffer(AFUNIXSocketChannel ch) {
+        try {
+            java.lang.reflect.Field sock = org.newsclub.net.unix.AFSocketChannel.class.getDeclaredField("afSocket");
+            sock.setAccessible(true);
+            java.lang.reflect.Field impl = org.newsclub.net.unix.AFSocket.class.getDeclaredField("impl");
+            impl.setAccessible(true);
+            java.lang.reflect.Field anc = org.newsclub.net.unix.AFSocketImpl.class.getDeclaredField("ancillaryDataSupport");
+            anc.setAccessible(true);
+            Object support = anc.get(impl.get(sock.get(ch)));
+            java.lang.reflect.Method set = support.getClass().getDeclaredMethod("setAncillaryReceiveBufferSize0", int.class);
+            set.setAccessible(true);
+            set.invoke(support, ANCILLARY_BYTES);
+        } catch (ReflectiveOperationException | RuntimeException e) {
+            // checked below
+        }
+        if (ch.getAncillaryReceiveBufferSize() < ANCILLARY_BYTES && !warnedAncillary) {
+            warnedAncillary = true;
+            LOG.warning("cannot enlarge junixsocket's ancillary receive buffer (" + ch.getAncillaryReceiveBufferSize()
+                    + " bytes): a front-end sending more than 60 fds with one message would leak them");
+        }
     }
 
     void start() {
@@ -146,18 +181,16 @@ final class Connection {
         FileDescriptor[] got = ch.getReceivedFileDescriptors();
         if (got == null || got.length == 0) return;
         for (FileDescriptor fd : got) {
-            int raw = FileDescriptorCast.using(fd).as(Integer.class);
-            int own = Libc.fcntl(raw, F_DUPFD_CLOEXEC, 0); // close-on-exec: never leak guest fds to children
+            // More fds than any message may carry are closed without keeping a copy.
+            boolean keep = fds.length < Proto.MAX_FDS;
+            int own = keep ? Libc.fcntl(FileDescriptorCast.using(fd).as(Integer.class), F_DUPFD_CLOEXEC, 0) : -1;
+            int err = keep && own < 0 ? Libc.errno() : 0; // close-on-exec dup: guest fds never leak to children
             // Close the original through Java so junixsocket forgets it (see class comment).
             try (FileInputStream in = new FileInputStream(fd)) {
                 // closed by try-with-resources
             }
             if (own < 0) {
-                LOG.warning(name + ": dup of received fd failed: errno " + Libc.errno());
-                continue;
-            }
-            if (fds.length >= Proto.MAX_FDS) {
-                Libc.close(own); // more fds than any message may carry
+                if (keep) LOG.warning(name + ": dup of received fd failed: errno " + err);
                 continue;
             }
             fds = Arrays.copyOf(fds, fds.length + 1);
