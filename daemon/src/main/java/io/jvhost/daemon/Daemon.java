@@ -229,6 +229,7 @@ public final class Daemon implements AutoCloseable {
         assertMain("addIothread");
         if (objectExists(spec.id())) throw new UsageException("--object", "id '" + spec.id() + "' is already in use");
         AioContext ctx = AioContext.newIoThread(spec.id());
+        ctx.setPollParams(spec.pollMaxNs(), spec.pollGrow(), spec.pollShrink());
         long tid;
         try {
             tid = ctx.call(Daemon::nativeThreadId, 10, TimeUnit.SECONDS);

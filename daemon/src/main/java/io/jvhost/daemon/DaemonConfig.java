@@ -34,12 +34,15 @@ public record DaemonConfig(
     }
 
     /**
-     * {@code --object iothread,id=ID[,poll-max-ns=N]...} or QMP object-add: the polling knobs are accepted for
-     * compatibility and reported by query-iothreads; jvhost's event loops do not poll.
+     * {@code --object iothread,id=ID[,poll-max-ns=N]...} or QMP object-add: adaptive polling as in QEMU
+     * (poll-max-ns defaults to QEMU's 32768; 0 turns polling off); aio-max-batch is accepted and reported only.
      */
     public record IothreadSpec(String id, long pollMaxNs, long pollGrow, long pollShrink, long aioMaxBatch) {
+        /** QEMU's default poll-max-ns for iothreads. */
+        public static final long DEFAULT_POLL_MAX_NS = 32_768;
+
         public IothreadSpec(String id) {
-            this(id, 0, 0, 0, 0);
+            this(id, DEFAULT_POLL_MAX_NS, 0, 0, 0);
         }
     }
 

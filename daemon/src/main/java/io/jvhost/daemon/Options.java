@@ -62,10 +62,12 @@ public final class Options {
                 "           [,x-<limit>-max-length=<s>][,x-iops-size=<bytes>]   (also limits.iops-total=... etc.)",
                 "                         an I/O budget shared by every throttle node bound to it",
                 "",
-                "  --object iothread,id=<id>[,poll-max-ns=<ns>]",
+                "  --object iothread,id=<id>[,poll-max-ns=<ns>][,poll-grow=<n>][,poll-shrink=<n>]",
                 "                         create an iothread (an event loop thread) for exports to use;",
-                "                         poll-max-ns, poll-grow, poll-shrink and aio-max-batch are",
-                "                         accepted for compatibility and ignored",
+                "                         adaptive polling as in QEMU: before sleeping, the thread polls",
+                "                         its virtqueues for up to poll-max-ns (default 32768, 0: off),",
+                "                         self-tuned by poll-grow (0: double) and poll-shrink (0: reset);",
+                "                         aio-max-batch is accepted for compatibility and ignored",
                 "",
                 "  --export [type=]vhost-user-blk,id=<id>,node-name=<node>,",
                 "           addr.type=unix,addr.path=<socket-path>[,<export options>]",
@@ -258,8 +260,8 @@ public final class Options {
     }
 
     /**
-     * {@code --object} and QMP {@code object-add}: an iothread. The polling knobs are checked and kept for
-     * query-iothreads; jvhost's loops do not poll.
+     * {@code --object} and QMP {@code object-add}: an iothread with QEMU's adaptive-polling knobs (aio-max-batch
+     * is checked and reported only).
      */
     static IothreadSpec objectSpec(KeyValue kv) throws UsageException {
         String opt = "--object";
@@ -269,7 +271,7 @@ public final class Options {
         if (!type.equals("iothread")) throw new UsageException(opt, unsupportedObjectType(type));
         String id = p.required("id");
         checkId(opt, id);
-        long[] knobs = new long[4];
+        long[] knobs = {IothreadSpec.DEFAULT_POLL_MAX_NS, 0, 0, 0};
         String[] names = {"poll-max-ns", "poll-grow", "poll-shrink", "aio-max-batch"};
         for (int i = 0; i < names.length; i++) {
             String v = p.take(names[i]);

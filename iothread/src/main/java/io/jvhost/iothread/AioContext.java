@@ -55,6 +55,8 @@ public final class AioContext implements Executor, AutoCloseable {
     private final String name;
     private final boolean ioThread;
     private final MultiThreadIoEventLoopGroup group;
+    /** Adaptive polling of {@link PollHandler}s (iothreads only; null on the main loop). */
+    private final AdaptivePoller poller;
     private final IoEventLoop loop;
     private volatile Thread thread;
 
@@ -88,7 +90,10 @@ public final class AioContext implements Executor, AutoCloseable {
     private AioContext(String name, boolean ioThread) {
         this.name = name;
         this.ioThread = ioThread;
-        this.group = new MultiThreadIoEventLoopGroup(1, new DefaultThreadFactory(name, false), EpollIoHandler.newFactory());
+        this.poller = ioThread ? new AdaptivePoller(name, AdaptivePoller.DEFAULT_POLL_MAX_NS) : null;
+        io.netty.channel.IoHandlerFactory factory = EpollIoHandler.newFactory();
+        if (poller != null) factory = poller.wrap(factory);
+        this.group = new MultiThreadIoEventLoopGroup(1, new DefaultThreadFactory(name, false), factory);
         this.loop = group.next();
         // Pin the thread now so current()/inContextThread() are valid before the first task.
         join(submit(() -> {
@@ -494,6 +499,48 @@ public final class AioContext implements Executor, AutoCloseable {
     public void wakeup() {
         notified = true;
         if (pollParked) LockSupport.unpark(thread);
+    }
+
+    // -------------------------------------------------------------------------------------- adaptive polling
+
+    /**
+     * Adds a poll handler (context thread only): before sleeping, the loop polls it with its notifications off for
+     * a self-tuned time of up to poll-max-ns. The main loop does not poll; there this is refused.
+     */
+    public void addPollHandler(PollHandler h) {
+        assertInContextThread("addPollHandler");
+        if (poller == null) throw new IllegalStateException(name + " is not an iothread: it does not poll");
+        poller.add(Objects.requireNonNull(h, "handler"));
+    }
+
+    /** Removes a poll handler (context thread only); it is not called again. */
+    public void removePollHandler(PollHandler h) {
+        assertInContextThread("removePollHandler");
+        if (poller != null) poller.remove(h);
+    }
+
+    /**
+     * QEMU's iothread knobs (any thread): poll-max-ns (0 turns polling off), poll-grow (0: double), poll-shrink
+     * (0: reset to zero). Iothreads start with QEMU's defaults 32768/0/0.
+     */
+    public void setPollParams(long maxNs, long grow, long shrink) {
+        if (poller == null) throw new IllegalStateException(name + " is not an iothread: it does not poll");
+        poller.setParams(maxNs, grow, shrink);
+    }
+
+    /** poll-max-ns (0 on the main loop). */
+    public long pollMaxNs() {
+        return poller == null ? 0 : poller.maxNs();
+    }
+
+    /** The current self-tuned polling time in ns. */
+    public long pollNs() {
+        return poller == null ? 0 : poller.currentNs();
+    }
+
+    /** Loop iterations in which polling, not a notification, found the work. */
+    public long pollHits() {
+        return poller == null ? 0 : poller.hits();
     }
 
     // ---------------------------------------------------------------------------------------------- fds

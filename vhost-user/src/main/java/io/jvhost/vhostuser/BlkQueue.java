@@ -4,6 +4,7 @@ import io.jvhost.block.BlockBackend;
 import io.jvhost.block.BlockCompletion;
 import io.jvhost.block.IoVec;
 import io.jvhost.iothread.AioContext;
+import io.jvhost.iothread.PollHandler;
 import io.jvhost.iothread.BottomHalf;
 import io.jvhost.iothread.sys.EventFd;
 import io.jvhost.virtqueue.DescChain;
@@ -67,6 +68,38 @@ final class BlkQueue {
     private boolean outFua;
     /** process() stopped because every request slot was in flight; the next completion resumes it. */
     private boolean starved;
+    /** The iothread is polling this ring (kicks are off until it stops: see {@link #poller}). */
+    private boolean pollMode;
+    /**
+     * Adaptive polling (AioContext): while the loop polls, kicks stay suppressed and the loop finds new requests
+     * by reading avail->idx; when it is about to sleep, kicks are re-enabled and the ring checked once more.
+     */
+    private final PollHandler poller = new PollHandler() {
+        @Override
+        public void pollBegin() {
+            pollMode = true;
+            if (!usable()) return;
+            try {
+                ring.disableNotification();
+            } catch (RingException e) {
+                markBroken(e.getMessage());
+            } catch (InternalError e) {
+                markBroken("guest memory access faulted: " + e.getMessage());
+            }
+        }
+
+        @Override
+        public boolean poll() {
+            return usable() && !starved && processIfAvailable(false);
+        }
+
+        @Override
+        public boolean pollEnd() {
+            pollMode = false;
+            // Not usable or starved: whoever resumes the ring re-enables kicks.
+            return usable() && !starved && processIfAvailable(true);
+        }
+    };
     private boolean warnedNoStatus;
     private final BottomHalf processBh;
     private CompletableFuture<Integer> stopFuture;
@@ -130,6 +163,7 @@ final class BlkQueue {
                 free = nf;
             }
             kickHandler = ctx.setFdHandler(kick.fd(), this::onKick);
+            if (ctx.isIoThread()) ctx.addPollHandler(poller);
             // Requests may already be waiting (restart after migration, reconnect): look once.
             process();
             return null;
@@ -146,10 +180,7 @@ final class BlkQueue {
             if (stopFuture != null) return stopFuture;
             stopFuture = new CompletableFuture<>();
             running = false;
-            if (kickHandler != null) {
-                kickHandler.remove();
-                kickHandler = null;
-            }
+            detachHandlers();
             maybeFinishStop();
             return stopFuture;
         });
@@ -275,7 +306,8 @@ final class BlkQueue {
                     inflight++;
                     r.handleSafely();
                 }
-                if (starved || quiesce.active() || !running || !ring.enableNotification()) break;
+                // While the loop polls this ring, kicks stay off (it reads avail->idx itself).
+                if (starved || quiesce.active() || !running || pollMode || !ring.enableNotification()) break;
             }
         } catch (RingException e) {
             markBroken(e.getMessage());
@@ -286,16 +318,42 @@ final class BlkQueue {
         flushUsed();
     }
 
+    /** Polling: processes the ring if the driver added requests (after re-enabling kicks, if asked); true if it did. */
+    private boolean processIfAvailable(boolean reenableKicks) {
+        try {
+            if (!(reenableKicks ? ring.enableNotification() : ring.hasAvailable())) return false;
+        } catch (RingException e) {
+            markBroken(e.getMessage());
+            return true;
+        } catch (InternalError e) {
+            markBroken("guest memory access faulted: " + e.getMessage());
+            return true;
+        }
+        process();
+        return true;
+    }
+
+    private boolean usable() {
+        return running && !broken && ring != null && !quiesce.active();
+    }
+
+    /** Kicks and polling stop reaching this queue (iothread). */
+    private void detachHandlers() {
+        if (kickHandler != null) {
+            kickHandler.remove();
+            kickHandler = null;
+        }
+        if (ctx.isIoThread()) ctx.removePollHandler(poller);
+        pollMode = false;
+    }
+
     private void markBroken(String why) {
         if (broken) return;
         broken = true;
         needsReset = true;
         // One clear line; the queue stops (virtio: DEVICE_NEEDS_RESET). Other queues and exports keep going.
         LOG.severe(name + ": ring broken, queue stopped (needs reset): " + why);
-        if (kickHandler != null) {
-            kickHandler.remove();
-            kickHandler = null;
-        }
+        detachHandlers();
         if (err != null) err.signal();
     }
 

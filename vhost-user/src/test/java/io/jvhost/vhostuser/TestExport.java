@@ -68,6 +68,8 @@ final class TestExport implements AutoCloseable {
         private Map<String, String> nullCo; // null: file image
         private long imageSize = IMAGE_SIZE;
 
+        private Long pollMaxNs;
+
         private Builder(Path dir) {
             this.dir = dir;
         }
@@ -80,6 +82,8 @@ final class TestExport implements AutoCloseable {
         Builder serial(String s) { this.serial = s; return this; }
         Builder writethrough(boolean on) { this.writethrough = on; return this; }
         Builder imageSize(long n) { this.imageSize = n; return this; }
+        /** poll-max-ns of the iothreads (default: AioContext's, QEMU's 32768); 0 turns adaptive polling off. */
+        Builder pollMaxNs(long ns) { this.pollMaxNs = ns; return this; }
 
         /** A null-co node instead of an image file: reads zeroes, completes after {@code latencyNs}. */
         Builder nullCo(long size, long latencyNs) {
@@ -123,6 +127,7 @@ final class TestExport implements AutoCloseable {
                     perQueue.add(threads.get(0));
                 } else {
                     AioContext t = AioContext.newIoThread("t-io" + i);
+                    if (b.pollMaxNs != null) t.setPollParams(b.pollMaxNs, 0, 0);
                     threads.add(t);
                     perQueue.add(t);
                 }
