@@ -147,38 +147,38 @@ class QmpTrafficTest {
     @Test
     void qomSetOfLimitsReleasesAndQueuesRequestsOfAFrontEnd(@TempDir Path dir) throws Exception {
         Path sock = dir.resolve("t.sock");
-        start(dir, "--object", "throttle-group,id=tg,x-iops-total=1",
+        start(dir, "--object", "throttle-group,id=tg,x-bps-total=512",
                 "--blockdev", "null-co,node-name=n0,size=1M,read-zeroes=on",
                 "--blockdev", "throttle,node-name=t0,throttle-group=tg,file=n0",
                 "--export", "vhost-user-blk,id=e0,node-name=t0,addr.type=unix,addr.path=" + sock);
         ThrottleGroup g = daemon.nodes().throttleGroup("tg");
         DriverQueue q = frontEnd(sock, 1).queue(0);
 
-        // At 1 iops the first read uses up the budget for about a second; the second waits in the group.
-        ok(q, BlkRequest.read(0, 512));
+        // At 512 B/s a first read of 4 KiB passes and uses up about 8 s of budget; the next read waits in the group.
+        ok(q, BlkRequest.read(0, 4096));
         BlkRequest waiting = q.submit(BlkRequest.read(8, 512));
         awaitCondition("a request queued in the group", () -> g.queuedRequests() == 1);
         assertFalse(waiting.isDone());
 
-        // Loosened over QMP: released at once (bounded wait on its completion, well under the old 1 s wait).
+        // Loosened over QMP: released at once (bounded wait on its completion), not after the old 8 s wait.
         long t0 = System.nanoTime();
-        assertEquals(json("{}"), qmp.ok("qom-set", "{\"path\": \"tg\", \"property\": \"limits\", \"value\": {\"iops-total\": 100000}}"));
+        assertEquals(json("{}"), qmp.ok("qom-set", "{\"path\": \"tg\", \"property\": \"limits\", \"value\": {\"bps-total\": 100000000}}"));
         q.await(waiting, T);
         long ms = (System.nanoTime() - t0) / 1_000_000;
         assertEquals(BLK_S_OK, waiting.status());
-        assertTrue(ms < 900, "released by the old timer, not the new limit: " + ms + " ms");
+        assertTrue(ms < 4000, "released by the old timer, not the new limit: " + ms + " ms");
         assertEquals(0, g.queuedRequests());
 
         // Tightened: the next request that exceeds the new budget waits.
-        assertEquals(json("{}"), qmp.ok("qom-set", "{\"path\": \"/objects/tg\", \"property\": \"limits\", \"value\": {\"iops-total\": 1}}"));
-        ok(q, BlkRequest.read(16, 512));   // the budget of the new limit (the old one's use has leaked away)
+        assertEquals(json("{}"), qmp.ok("qom-set", "{\"path\": \"/objects/tg\", \"property\": \"limits\", \"value\": {\"bps-total\": 512}}"));
+        ok(q, BlkRequest.read(16, 4096));   // the budget of the new limit (the old one's use has leaked away)
         BlkRequest next = q.submit(BlkRequest.read(24, 512));
         awaitCondition("the next request queued under the tightened limit", () -> g.queuedRequests() == 1);
         assertFalse(next.isDone());
-        assertEquals(json("1"), qmp.ok("qom-get", "{\"path\": \"tg\", \"property\": \"x-iops-total\"}"));
+        assertEquals(json("512"), qmp.ok("qom-get", "{\"path\": \"tg\", \"property\": \"x-bps-total\"}"));
 
         // No limit at all: it goes.
-        assertEquals(json("{}"), qmp.ok("qom-set", "{\"path\": \"tg\", \"property\": \"limits\", \"value\": {\"iops-total\": 0}}"));
+        assertEquals(json("{}"), qmp.ok("qom-set", "{\"path\": \"tg\", \"property\": \"limits\", \"value\": {\"bps-total\": 0}}"));
         q.await(next, T);
         assertEquals(BLK_S_OK, next.status());
         assertEquals(0, g.queuedRequests());
