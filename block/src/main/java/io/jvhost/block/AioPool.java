@@ -2,6 +2,7 @@ package io.jvhost.block;
 
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.ThreadPoolExecutor;
@@ -55,10 +56,10 @@ final class AioPool {
     }
 
     /** Runs r after the delay on the timer thread (for requests submitted outside an AioContext). */
-    void schedule(Runnable r, long delayNs) {
+    ScheduledFuture<?> schedule(Runnable r, long delayNs) {
         ScheduledThreadPoolExecutor t = timer;
         if (t == null) t = startTimer();
-        t.schedule(r, delayNs, TimeUnit.NANOSECONDS);
+        return t.schedule(r, delayNs, TimeUnit.NANOSECONDS);
     }
 
     private synchronized ThreadPoolExecutor startWorkers() {

@@ -1,19 +1,39 @@
 package io.jvhost.block;
 
+import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 
 /**
  * Limits of a throttle group (QEMU's ThrottleConfig, util/throttle.c): six leaky buckets (bps and iops; total,
  * read, write), each with an average rate, an optional burst rate ({@code -max}) and burst length
- * ({@code -max-length}, seconds), plus {@code iops-size}. Immutable; parsed from {@code --object throttle-group}
- * options, in QEMU's legacy {@code x-iops-total} or QAPI {@code limits.iops-total} spelling.
+ * ({@code -max-length}, seconds), plus {@code iops-size}. Immutable and always valid (QEMU's throttle_is_valid);
+ * parsed from {@code --object throttle-group} options, in QEMU's legacy {@code x-iops-total} or QAPI
+ * {@code limits.iops-total} spelling, or built from ThrottleLimits members ({@link #of}, {@link #withLimits}).
  */
-final class ThrottleConfig {
+public final class ThrottleConfig {
     static final int BPS_TOTAL = 0, BPS_READ = 1, BPS_WRITE = 2, OPS_TOTAL = 3, OPS_READ = 4, OPS_WRITE = 5;
     static final String[] NAMES = {"bps-total", "bps-read", "bps-write", "iops-total", "iops-read", "iops-write"};
     /** QEMU's THROTTLE_VALUE_MAX. */
     static final long VALUE_MAX = 1_000_000_000_000_000L;
+    /** Burst lengths are C unsigned ints in QEMU. */
+    private static final long UINT_MAX = 0xffff_ffffL;
+
+    /** QAPI's ThrottleLimits members, in the schema's order. */
+    public static final List<String> LIMIT_NAMES;
+
+    static {
+        List<String> l = new ArrayList<>();
+        for (String b : new String[] {"iops-total", "iops-read", "iops-write", "bps-total", "bps-read", "bps-write"}) {
+            l.add(b);
+            l.add(b + "-max");
+            l.add(b + "-max-length");
+        }
+        l.add("iops-size");
+        LIMIT_NAMES = List.copyOf(l);
+    }
 
     final long[] avg = new long[6];
     final long[] max = new long[6];
@@ -75,8 +95,70 @@ final class ThrottleConfig {
         }
     }
 
+    /** A configuration with just these ThrottleLimits members set (QAPI names; the others unlimited). */
+    public static ThrottleConfig of(Map<String, Long> limits) throws BlockException {
+        return new ThrottleConfig().withLimits(limits);
+    }
+
+    /**
+     * QEMU's throttle_limits_to_config: a copy of this configuration with the given ThrottleLimits members (QAPI
+     * names, e.g. {@code iops-total}, {@code bps-read-max-length}) changed and the others kept, checked as a whole.
+     * An unknown name is a programming error (callers check the schema first).
+     */
+    public ThrottleConfig withLimits(Map<String, Long> limits) throws BlockException {
+        ThrottleConfig c = new ThrottleConfig();
+        System.arraycopy(avg, 0, c.avg, 0, 6);
+        System.arraycopy(max, 0, c.max, 0, 6);
+        System.arraycopy(burstLength, 0, c.burstLength, 0, 6);
+        c.opSize = opSize;
+        for (Map.Entry<String, Long> e : limits.entrySet()) {
+            String n = e.getKey();
+            long v = e.getValue();
+            if (n.equals("iops-size")) {
+                if (v < 0) throw new BlockException("iops-size value must be in the range [0, " + Long.MAX_VALUE + "]");
+                c.opSize = v;
+                continue;
+            }
+            int i = bucket(n);
+            if (n.endsWith("-max-length")) {
+                if (v < 0 || v > UINT_MAX) throw new BlockException(n + " value must be in the range [0, " + UINT_MAX + "]");
+                c.burstLength[i] = v;
+            } else if (n.endsWith("-max")) {
+                c.max[i] = v;
+            } else {
+                c.avg[i] = v;
+            }
+        }
+        c.validate("");
+        return c;
+    }
+
+    private static int bucket(String limitName) {
+        for (int i = 0; i < 6; i++) {
+            if (limitName.equals(NAMES[i]) || limitName.equals(NAMES[i] + "-max") || limitName.equals(NAMES[i] + "-max-length")) return i;
+        }
+        throw new IllegalArgumentException("not a ThrottleLimits member: " + limitName);
+    }
+
+    /** QEMU's throttle_config_to_limits: every ThrottleLimits member, in schema order (qom-get of 'limits'). */
+    public Map<String, Long> toLimits() {
+        Map<String, Long> m = new LinkedHashMap<>();
+        for (String n : LIMIT_NAMES) {
+            if (n.equals("iops-size")) {
+                m.put(n, opSize);
+                continue;
+            }
+            int i = bucket(n);
+            m.put(n, n.endsWith("-max-length") ? burstLength[i] : n.endsWith("-max") ? max[i] : avg[i]);
+        }
+        return m;
+    }
+
     /** QEMU's throttle_is_valid. */
     private void validate(String prefix) throws BlockException {
+        for (int i = 0; i < 6; i++) {
+            if (burstLength[i] < 1) throw new BlockException(prefix + "the burst length cannot be 0");
+        }
         boolean bpsFlag = avg[BPS_TOTAL] != 0 && (avg[BPS_READ] != 0 || avg[BPS_WRITE] != 0);
         boolean opsFlag = avg[OPS_TOTAL] != 0 && (avg[OPS_READ] != 0 || avg[OPS_WRITE] != 0);
         boolean bpsMax = max[BPS_TOTAL] != 0 && (max[BPS_READ] != 0 || max[BPS_WRITE] != 0);
@@ -88,7 +170,8 @@ final class ThrottleConfig {
             throw new BlockException(prefix + "iops size requires an iops value to be set");
         }
         for (int i = 0; i < 6; i++) {
-            if (avg[i] > VALUE_MAX || max[i] > VALUE_MAX) {
+            // Negative values are huge ones to QEMU (its fields are unsigned).
+            if (avg[i] > VALUE_MAX || max[i] > VALUE_MAX || avg[i] < 0 || max[i] < 0) {
                 throw new BlockException(prefix + "bps/iops/max values must be within [0, " + VALUE_MAX + "]");
             }
             if (burstLength[i] > 1 && max[i] == 0) {

@@ -5,6 +5,7 @@ import io.jvhost.iothread.AioContext;
 import java.util.IdentityHashMap;
 import java.util.Map;
 import java.util.concurrent.RejectedExecutionException;
+import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.locks.ReentrantLock;
 
 /**
@@ -19,16 +20,21 @@ import java.util.concurrent.locks.ReentrantLock;
  * node's queued requests at once, never dropping or reordering them, and lets its new requests pass (still
  * counted against the budget) until the drained section ends: drain never waits for the throttle timer.
  *
+ * <p>The limits can change at run time ({@link #setLimits}, QMP's qom-set of {@code limits}): the change applies
+ * to the queued requests at once (a loosened limit releases those that now fit, a tightened one makes them and the
+ * next ones wait longer). Unlike QEMU, which zeroes the buckets on reconfiguration (a fresh burst allowance each
+ * time), the budget already used is kept, so tightening bites immediately.
+ *
  * <p>All state is guarded by one lock per group; no callback or submission runs under it.
  */
 public final class ThrottleGroup {
     private static final long NS = 1_000_000_000L;
 
     private final String id;
-    final ThrottleConfig cfg;
     private final ReentrantLock lock = new ReentrantLock();
 
-    // ---- guarded by lock ----
+    // ---- guarded by lock (cfg is also read without it: an immutable object, replaced whole) ----
+    private volatile ThrottleConfig cfg;
     private final double[] level = new double[6];
     private final double[] burstLevel = new double[6];
     private long lastLeak = System.nanoTime();
@@ -36,6 +42,8 @@ public final class ThrottleGroup {
     private final int[] queued = new int[2];
     private final boolean[] releaseArmed = new boolean[2];
     private final Map<AioContext, AioContext.Timer[]> timers = new IdentityHashMap<>();
+    /** The pool timer's pending release per direction (plain submitters), so a re-arm can cancel it. */
+    private final ScheduledFuture<?>[] poolRelease = new ScheduledFuture<?>[2];
     private final Runnable[] release = {() -> release(0), () -> release(1)};
     /** Throttle nodes bound to this group (guarded by the owning BlockNodes). */
     int members;
@@ -52,6 +60,79 @@ public final class ThrottleGroup {
     /** The limits in QAPI spelling ({@code iops-total}, {@code bps-read-max}, ...), non-zero ones only. */
     public Map<String, Long> limits() {
         return cfg.toMap();
+    }
+
+    /** The current configuration (immutable). */
+    public ThrottleConfig config() {
+        return cfg;
+    }
+
+    /**
+     * Replaces the limits (QEMU's throttle-group {@code limits} property). Buckets are first leaked at the old rates
+     * up to now; then both directions' queues are re-evaluated at once: requests that fit the new budget are
+     * released (each in its own context), and the release timer is re-armed for the new wait of the rest.
+     */
+    public void setLimits(ThrottleConfig c) {
+        BlockRequest released;
+        lock.lock();
+        try {
+            released = apply(c);
+        } finally {
+            lock.unlock();
+        }
+        proceedAll(released);
+    }
+
+    /**
+     * Changes the given ThrottleLimits members (QAPI names) and keeps the others, atomically against concurrent
+     * updates (QEMU's qom-set of {@code limits}); the result is checked as a whole, and nothing changes if it is
+     * invalid.
+     */
+    public void updateLimits(Map<String, Long> changes) throws BlockException {
+        BlockRequest released;
+        lock.lock();
+        try {
+            released = apply(cfg.withLimits(changes));
+        } finally {
+            lock.unlock();
+        }
+        proceedAll(released);
+    }
+
+    /** Switches to c; returns the chain of requests to release. Lock held. */
+    private BlockRequest apply(ThrottleConfig c) {
+        leak(System.nanoTime());
+        ThrottleConfig old = cfg;
+        for (int i = 0; i < 6; i++) {
+            // Buckets the old configuration did not track hold stale levels: start them empty.
+            if (old.avg[i] == 0) level[i] = 0;
+            if (old.avg[i] == 0 || old.burstLength[i] <= 1) burstLevel[i] = 0;
+        }
+        cfg = c;
+        BlockRequest first = null;
+        for (int d = 1; d >= 0; d--) {
+            if (head[d] == null) continue;
+            disarm(d);
+            BlockRequest chain = releasable(d);
+            // Reads go first, then writes, as each queue is FIFO on its own.
+            if (chain != null) {
+                BlockRequest last = chain;
+                while (last.next != null) last = last.next;
+                last.next = first;
+                first = chain;
+            }
+        }
+        return first;
+    }
+
+    /** Cancels direction d's pending release (whichever context or pool timer holds it). Lock held. */
+    private void disarm(int d) {
+        releaseArmed[d] = false;
+        for (AioContext.Timer[] t : timers.values()) t[d].cancel();
+        if (poolRelease[d] != null) {
+            poolRelease[d].cancel(false);
+            poolRelease[d] = null;
+        }
     }
 
     /** Requests waiting for budget right now. */
@@ -106,26 +187,38 @@ public final class ThrottleGroup {
 
     /** The release timer of direction d: lets queued requests go while the budget allows. */
     private void release(int d) {
-        BlockRequest first = null, last = null;
+        BlockRequest first;
         lock.lock();
         try {
+            // A timer that fired while setLimits re-armed (its cancel came too late) has nothing left to do.
+            if (!releaseArmed[d]) return;
             releaseArmed[d] = false;
-            while (head[d] != null) {
-                leak(System.nanoTime());
-                long w = computeWait(d == 1);
-                if (w > 0) {
-                    armRelease(d, head[d], w);
-                    break;
-                }
-                BlockRequest r = dequeueHead(d);
-                account(d == 1, r.bytes);
-                if (last == null) first = r; else last.next = r;
-                last = r;
-            }
+            first = releasable(d);
         } finally {
             lock.unlock();
         }
         proceedAll(first);
+    }
+
+    /**
+     * Dequeues (and accounts) the requests at the head of direction d that the budget allows now; re-arms the
+     * release for the rest. Returns them as a chain. Lock held, release not armed.
+     */
+    private BlockRequest releasable(int d) {
+        BlockRequest first = null, last = null;
+        while (head[d] != null) {
+            leak(System.nanoTime());
+            long w = computeWait(d == 1);
+            if (w > 0) {
+                armRelease(d, head[d], w);
+                break;
+            }
+            BlockRequest r = dequeueHead(d);
+            account(d == 1, r.bytes);
+            if (last == null) first = r; else last.next = r;
+            last = r;
+        }
+        return first;
     }
 
     /** Drain phase 1 for node m: release all its queued requests now and let new ones pass. */
@@ -199,7 +292,7 @@ public final class ThrottleGroup {
             return;
         }
         try {
-            r.node().pool().schedule(release[d], waitNs);
+            poolRelease[d] = r.node().pool().schedule(release[d], waitNs);
         } catch (RejectedExecutionException e) {
             releaseArmed[d] = false; // shutting down; a later request re-arms
         }

@@ -190,4 +190,107 @@ class ThrottleTest {
         t.drain();
         awaitOrDump(writes, T, "writes released by drain");
     }
+
+    /** Submits n reads of blk from ctx (all before returning) and counts their completions on done. */
+    static void reads(AioContext ctx, BlockBackend blk, int n, CountDownLatch done, AtomicLong wrong) throws Exception {
+        ctx.submit(() -> {
+            for (int i = 0; i < n; i++) {
+                blk.preadv(0, iov(ByteBuffer.allocate(512)), ret -> {
+                    if (ret != 0 || !ctx.inContextThread()) wrong.incrementAndGet();
+                    done.countDown();
+                });
+            }
+            return null;
+        }).get(T, TimeUnit.SECONDS);
+    }
+
+    @Test
+    void loosenedLimitsReleaseQueuedRequestsAndTightenedOnesQueueTheNext() throws Exception {
+        ThrottleGroup g = nodes.addThrottleGroup(opts("id", "g", "x-iops-total", "1"));
+        BlockBackend blk = new BlockBackend(throttled("t", "g"), true);
+        AtomicLong wrong = new AtomicLong();
+        CountDownLatch first = new CountDownLatch(1), queued = new CountDownLatch(3);
+        // At 1 iops the first read uses up the budget (about a second of it); the next three wait.
+        reads(io1, blk, 1, first, wrong);
+        awaitOrDump(first, T, "first read");
+        reads(io1, blk, 3, queued, wrong);
+        assertEquals(3, g.queuedRequests());
+
+        // Loosened: released at once, not when the old timer (about 1 s away, then 1 s per request) would fire.
+        long t0 = System.nanoTime();
+        g.updateLimits(java.util.Map.of("iops-total", 10_000L));
+        awaitOrDump(queued, T, "requests released by the new limit");
+        long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
+        assertTrue(ms < 900, "released only by the old timer: " + ms + " ms");
+        assertEquals(0, g.queuedRequests());
+        assertEquals(10_000L, g.config().toLimits().get("iops-total"));
+
+        // Tightened: the budget used so far is kept. Fill it at 10 000 iops (burst 1000), then tighten to 1:
+        // the next request waits.
+        CountDownLatch burst = new CountDownLatch(900);
+        reads(io1, blk, 900, burst, wrong);
+        awaitOrDump(burst, T, "burst within the loose limit");
+        g.updateLimits(java.util.Map.of("iops-total", 1L));
+        CountDownLatch next = new CountDownLatch(1);
+        reads(io1, blk, 1, next, wrong);
+        assertEquals(1, g.queuedRequests(), "the tightened limit applies to the next request");
+        assertEquals(1, next.getCount());
+        // Removing the limit altogether lets it go.
+        g.setLimits(ThrottleConfig.of(java.util.Map.of()));
+        awaitOrDump(next, T, "request released by removing the limit");
+        assertEquals(0, g.queuedRequests());
+        assertEquals(0, wrong.get(), "a request failed or completed on the wrong thread");
+    }
+
+    @Test
+    void limitsChangeForRequestsOfPlainThreadsToo() throws Exception {
+        // Submitted outside any AioContext: the pool's timer holds the release; re-arming must cancel it, so
+        // no request is released twice when the old timer fires later.
+        ThrottleGroup g = nodes.addThrottleGroup(opts("id", "p", "x-iops-read", "2"));
+        BlockBackend blk = new BlockBackend(throttled("t", "p"), true);
+        AtomicIntegerArray completions = new AtomicIntegerArray(6);
+        CountDownLatch done = new CountDownLatch(6);
+        for (int i = 0; i < 6; i++) {
+            int id = i;
+            blk.preadv(0, iov(ByteBuffer.allocate(512)), ret -> {
+                completions.incrementAndGet(id);
+                done.countDown();
+            });
+        }
+        assertTrue(g.queuedRequests() >= 4, "queued: " + g.queuedRequests());
+        g.updateLimits(java.util.Map.of("iops-read", 1000L, "iops-read-max", 2000L, "iops-read-max-length", 3L));
+        awaitOrDump(done, T, "released by the new limit");
+        for (int i = 0; i < 6; i++) assertEquals(1, completions.get(i), "request " + i);
+        assertEquals(java.util.Map.of("iops-read", 1000L, "iops-read-max", 2000L, "iops-read-max-length", 3L), g.limits());
+    }
+
+    @Test
+    void invalidLimitsAreRefusedAndChangeNothing() throws Exception {
+        ThrottleGroup g = nodes.addThrottleGroup(opts("id", "v", "x-iops-total", "100", "x-bps-write", "1000"));
+        java.util.Map<String, Long> before = g.config().toLimits();
+        assertEquals(19, before.size(), "every ThrottleLimits member");
+        assertEquals(1L, before.get("iops-total-max-length"));
+        String[][] cases = {
+                {"iops-total-max", "50", "bps_max/iops_max cannot be lower than bps/iops (iops-total-max)"},
+                {"iops-read", "5", "bps/iops/max total values and read/write values cannot be used at the same time"},
+                {"bps-read-max", "10", "bps_max/iops_max require corresponding bps/iops values (bps-read-max)"},
+                {"iops-total", "1000000000000001", "bps/iops/max values must be within [0, 1000000000000000]"},
+                {"bps-write", "-1", "bps/iops/max values must be within [0, 1000000000000000]"},
+                {"iops-total-max-length", "0", "the burst length cannot be 0"},
+                {"iops-total-max-length", "4294967296", "iops-total-max-length value must be in the range [0, 4294967295]"},
+                {"bps-write-max-length", "2", "burst length set without burst rate (bps-write-max-length)"},
+                {"iops-size", "-1", "iops-size value must be in the range [0, 9223372036854775807]"},
+        };
+        for (String[] c : cases) {
+            BlockException e = assertThrows(BlockException.class, () -> g.updateLimits(java.util.Map.of(c[0], Long.parseLong(c[1]))), c[0]);
+            assertEquals(c[2], e.getMessage(), c[0] + "=" + c[1]);
+            assertEquals(before, g.config().toLimits(), "unchanged after " + c[0]);
+        }
+        // Members not named are kept (QEMU merges into the current configuration).
+        g.updateLimits(java.util.Map.of("iops-total-max", 300L));
+        assertEquals(java.util.Map.of("iops-total", 100L, "iops-total-max", 300L, "bps-write", 1000L), g.limits());
+        // A change from total to read/write limits must be made in one step.
+        g.updateLimits(java.util.Map.of("iops-total", 0L, "iops-total-max", 0L, "iops-read", 10L, "iops-write", 20L));
+        assertEquals(java.util.Map.of("iops-read", 10L, "iops-write", 20L, "bps-write", 1000L), g.limits());
+    }
 }

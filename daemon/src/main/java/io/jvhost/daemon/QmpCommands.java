@@ -4,6 +4,9 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import io.jvhost.block.BlockDriverState;
+import io.jvhost.block.BlockException;
+import io.jvhost.block.ThrottleConfig;
+import io.jvhost.block.ThrottleGroup;
 import io.jvhost.block.job.MirrorJob;
 import io.jvhost.daemon.qmp.Json;
 import io.jvhost.daemon.qmp.Qapi;
@@ -20,6 +23,7 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicInteger;
 
+import static io.jvhost.daemon.qmp.Qapi.ANY;
 import static io.jvhost.daemon.qmp.Qapi.BOOL;
 import static io.jvhost.daemon.qmp.Qapi.INT;
 import static io.jvhost.daemon.qmp.Qapi.SIZE;
@@ -39,9 +43,10 @@ import static io.jvhost.daemon.qmp.Qapi.union;
  * "unexpected", as an unknown one is. Values are then checked by the command-line code ({@link Options}), and the
  * work is done by the {@link Daemon} methods that the command line uses, on the main loop.
  *
- * <p>Only what works is registered, so query-commands lists only that. Not here: qom-set of a throttle group's limits (the block
- * layer's groups are immutable), block-set-io-throttle (backends have no throttling of their own; use a throttle
- * node), the block-job-* verbs (the job-* ones are here) and block-job-set-speed (no rate limit).
+ * <p>Only what works is registered, so query-commands lists only that. Not here: block-set-io-throttle (it names
+ * a BlockBackend by device or qdev id; as in qemu-storage-daemon, the exports' backends are anonymous, so limits
+ * live in throttle groups, changed with qom-set), the block-job-* verbs (the job-* ones are here) and
+ * block-job-set-speed (no rate limit).
  */
 final class QmpCommands {
     private QmpCommands() {}
@@ -73,27 +78,20 @@ final class QmpCommands {
                     optional("num-queues", UINT16), optional("serial", STR))),
             Options::unsupportedExportType);
 
-    /** The six buckets of QAPI's ThrottleLimits, each with its -max and -max-length, then iops-size. */
-    private static final List<String> THROTTLE_LIMITS;
+    /** QAPI's ThrottleLimits: the six buckets, each with its -max and -max-length, then iops-size. */
+    private static final Qapi.Struct THROTTLE_LIMITS;
 
     static {
-        List<String> l = new java.util.ArrayList<>();
-        for (String b : new String[] {"iops-total", "iops-read", "iops-write", "bps-total", "bps-read", "bps-write"}) {
-            l.add(b);
-            l.add(b + "-max");
-            l.add(b + "-max-length");
-        }
-        l.add("iops-size");
-        THROTTLE_LIMITS = List.copyOf(l);
+        List<Qapi.Member> limits = new java.util.ArrayList<>();
+        for (String n : ThrottleConfig.LIMIT_NAMES) limits.add(optional(n, INT));
+        THROTTLE_LIMITS = struct(limits.toArray(new Qapi.Member[0]));
     }
 
     /** ThrottleGroupProperties: {@code limits} (ThrottleLimits) and the legacy {@code x-<limit>} members. */
     private static Qapi.Struct throttleGroupProperties() {
-        List<Qapi.Member> limits = new java.util.ArrayList<>();
         List<Qapi.Member> members = new java.util.ArrayList<>();
-        for (String n : THROTTLE_LIMITS) limits.add(optional(n, INT));
-        members.add(optional("limits", struct(limits.toArray(new Qapi.Member[0]))));
-        for (String n : THROTTLE_LIMITS) members.add(optional("x-" + n, INT));
+        members.add(optional("limits", THROTTLE_LIMITS));
+        for (String n : ThrottleConfig.LIMIT_NAMES) members.add(optional("x-" + n, INT));
         return struct(members.toArray(new Qapi.Member[0]));
     }
 
@@ -115,6 +113,9 @@ final class QmpCommands {
             optional("on-source-error", ON_ERROR), optional("on-target-error", ON_ERROR),
             optional("filter-node-name", STR), optional("copy-mode", enumOf("background", "write-blocking")),
             optional("auto-finalize", BOOL), optional("auto-dismiss", BOOL));
+
+    static final Qapi.Type QOM_GET = struct(required("path", STR), required("property", STR));
+    static final Qapi.Type QOM_SET = struct(required("path", STR), required("property", STR), required("value", ANY));
 
     private static final Qapi.Type JOB_ID = struct(required("id", STR));
 
@@ -178,6 +179,11 @@ final class QmpCommands {
                 QmpCommand.async("object-del", struct(required("id", STR)), main,
                         a -> d.deleteObject(a.get("id")).thenApply(v -> (JsonNode) Json.object())),
                 QmpCommand.sync("query-iothreads", NO_ARGS, main, a -> iothreads(d)),
+                QmpCommand.sync("qom-set", QOM_SET, main, a -> {
+                    qomSet(d, a);
+                    return Json.object();
+                }),
+                QmpCommand.sync("qom-get", QOM_GET, main, a -> qomGet(d, a)),
 
                 QmpCommand.sync("blockdev-mirror", BLOCKDEV_MIRROR, main, a -> {
                     mirror(d, a);
@@ -227,6 +233,74 @@ final class QmpCommands {
                     : "bps/iops/max values must be within [0, 1000000000000000]");
         }
         return o;
+    }
+
+    /**
+     * The throttle group that a QOM path names: its id ({@code tg0}, a partial path QEMU resolves uniquely here) or
+     * {@code /objects/tg0}. Other objects (iothreads) have no properties that jvhost exposes. QEMU's words:
+     * DeviceNotFound for a path that names nothing.
+     */
+    private static ThrottleGroup qomThrottleGroup(Daemon d, String path, String property) throws QmpException {
+        String id = path.startsWith("/objects/") ? path.substring("/objects/".length()) : path;
+        ThrottleGroup g = id.isEmpty() || id.contains("/") ? null : d.nodes().throttleGroup(id);
+        if (g != null) return g;
+        for (Daemon.Iothread t : d.iothreadList()) {
+            if (t.spec().id().equals(id)) throw new QmpException("Property 'iothread." + property + "' not found");
+        }
+        throw new QmpException("DeviceNotFound", "Device '" + path + "' not found");
+    }
+
+    /** A throttle-group property: {@code limits} or one of its members as {@code x-<member>}; null if neither. */
+    private static String limitOf(String property) {
+        if (property.startsWith("x-") && ThrottleConfig.LIMIT_NAMES.contains(property.substring(2))) return property.substring(2);
+        return null;
+    }
+
+    /**
+     * qom-get of a throttle group's {@code limits} (every ThrottleLimits member, as QEMU's throttle_config_to_limits
+     * fills it) or of one {@code x-} property (an integer).
+     */
+    private static JsonNode qomGet(Daemon d, Map<String, String> a) throws QmpException {
+        String property = a.get("property");
+        ThrottleGroup g = qomThrottleGroup(d, a.get("path"), property);
+        Map<String, Long> limits = g.config().toLimits();
+        if (property.equals("limits")) {
+            ObjectNode o = Json.object();
+            limits.forEach(o::put);
+            return o;
+        }
+        String member = limitOf(property);
+        if (member == null) throw new QmpException("Property 'throttle-group." + property + "' not found");
+        return Json.NODES.numberNode(limits.get(member));
+    }
+
+    /**
+     * qom-set of a throttle group's {@code limits} (QEMU's throttle_group_set_limits): the members given change,
+     * the others stay, the result is checked as a whole and applies to queued requests at once. The single
+     * {@code x-} properties are refused as QEMU refuses them once the object exists (limits change in one
+     * transaction, since some combinations are only valid together).
+     */
+    private static void qomSet(Daemon d, Map<String, String> a) throws QmpException {
+        String property = a.get("property");
+        ThrottleGroup g = qomThrottleGroup(d, a.get("path"), property);
+        if (limitOf(property) != null) throw new QmpException("Property cannot be set after initialization");
+        if (!property.equals("limits")) throw new QmpException("Property 'throttle-group." + property + "' not found");
+        JsonNode value;
+        try {
+            byte[] text = a.get("value").getBytes(java.nio.charset.StandardCharsets.UTF_8);
+            value = Json.parse(text, 0, text.length);
+        } catch (java.io.IOException e) {
+            throw new IllegalStateException("re-parsing a value the monitor parsed", e);
+        }
+        Map<String, Long> changes = new LinkedHashMap<>();
+        for (Map.Entry<String, String> e : Qapi.flatten(THROTTLE_LIMITS, "limits", value).entrySet()) {
+            changes.put(e.getKey(), Long.parseLong(e.getValue()));
+        }
+        try {
+            g.updateLimits(changes);
+        } catch (BlockException e) {
+            throw new QmpException(e.getMessage());
+        }
     }
 
     /** MirrorJob's bound on its copy buffers (parallel copies x granularity). */

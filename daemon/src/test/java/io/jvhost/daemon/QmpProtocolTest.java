@@ -88,7 +88,7 @@ class QmpProtocolTest {
         for (JsonNode n : c.ok("query-commands", null)) names.add(n.get("name").asText());
         assertEquals(List.of("qmp_capabilities", "query-version", "query-commands", "quit", "blockdev-add", "blockdev-del",
                 "query-named-block-nodes", "block-export-add", "block-export-del", "query-block-exports",
-                "block_resize", "query-blockstats", "object-add", "object-del", "query-iothreads", "blockdev-mirror", "query-jobs", "query-block-jobs",
+                "block_resize", "query-blockstats", "object-add", "object-del", "query-iothreads", "qom-set", "qom-get", "blockdev-mirror", "query-jobs", "query-block-jobs",
                 "job-pause", "job-resume", "job-cancel", "job-complete", "job-dismiss"), names);
     }
 

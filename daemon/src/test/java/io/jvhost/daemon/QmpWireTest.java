@@ -82,7 +82,7 @@ class QmpWireTest {
                 + "'qmp_capabilities'\"}, \"id\": 1}"), step.get("early"));
         assertEquals(json("{\"return\": {}}"), step.get("caps"));
         assertEquals(json("{\"return\": " + version + ", \"id\": \"v\"}"), step.get("version"));
-        assertEquals(23, step.get("commands").get("return").size(), step.get("commands").toString());
+        assertEquals(25, step.get("commands").get("return").size(), step.get("commands").toString());
         assertEquals(json("{\"return\": {}}"), step.get("blockdev-add"));
         assertEquals(json("{\"return\": {}}"), step.get("export-add"));
         assertEquals(json("{\"return\": [{\"type\": \"vhost-user-blk\", \"id\": \"pyexp\", \"node-name\": \"py0\", "

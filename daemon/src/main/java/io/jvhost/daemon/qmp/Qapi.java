@@ -31,6 +31,17 @@ public final class Qapi {
         return out;
     }
 
+    /**
+     * Checks a value that is not a command's arguments (qom-set's {@code value}) against {@code type}; {@code name}
+     * names it in messages ("Invalid parameter type for 'limits', expected: object", "Parameter 'limits.x' is
+     * unexpected"), as QEMU's visitor does for the property.
+     */
+    public static Map<String, String> flatten(Type type, String name, JsonNode value) throws QmpException {
+        Map<String, String> out = new LinkedHashMap<>();
+        type.flatten(name, "", value, out);
+        return out;
+    }
+
     /** A QAPI type. {@code name} is QEMU's full name for messages ("addr.path", "iothread[1]"); {@code key} the flat key. */
     public abstract static class Type {
         abstract void flatten(String name, String key, JsonNode v, Map<String, String> out) throws QmpException;
@@ -49,6 +60,14 @@ public final class Qapi {
         void flatten(String name, String key, JsonNode v, Map<String, String> out) throws QmpException {
             if (!v.isBoolean()) throw typeError(name, "boolean");
             out.put(key, v.booleanValue() ? "on" : "off");
+        }
+    };
+
+    /** QAPI's {@code any}: every JSON value, kept as its JSON text (for the handler to check, e.g. qom-set's value). */
+    public static final Type ANY = new Type() {
+        @Override
+        void flatten(String name, String key, JsonNode v, Map<String, String> out) {
+            out.put(key, v.toString());
         }
     };
 
