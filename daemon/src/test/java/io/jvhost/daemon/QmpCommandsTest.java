@@ -103,7 +103,7 @@ class QmpCommandsTest {
                 "{\"driver\": \"null-co\", \"node-name\": \"x\", \"size\": 512, \"cache\": {\"no-flush\": true}}");
         qmp.fails(GE, "Parameter 'aio' does not accept value 'posix'", "blockdev-add",
                 "{\"driver\": \"file\", \"node-name\": \"x\", \"filename\": \"" + img + "\", \"aio\": \"posix\"}");
-        qmp.fails(GE, "aio 'native' is not supported yet (use aio=threads)", "blockdev-add",
+        qmp.fails(GE, "aio 'native' is not supported (use aio=threads or aio=io_uring)", "blockdev-add",
                 "{\"driver\": \"file\", \"node-name\": \"x\", \"filename\": \"" + img + "\", \"aio\": \"native\"}");
         qmp.fails(GE, "option 'size' is required for driver 'null-co'", "blockdev-add", "{\"driver\": \"null-co\", \"node-name\": \"x\"}");
         JsonNode r = qmp.execute("blockdev-add", "{\"driver\": \"file\", \"node-name\": \"x\", \"filename\": \"" + dir.resolve("missing.img") + "\"}");

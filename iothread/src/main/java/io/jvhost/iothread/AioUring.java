@@ -3,6 +3,9 @@ package io.jvhost.iothread;
 import io.netty.channel.IoEventLoop;
 import io.netty.channel.IoRegistration;
 import io.netty.channel.uring.IoUringIoHandle;
+import io.netty.util.internal.PlatformDependent;
+
+import java.nio.ByteBuffer;
 
 /**
  * The io_uring of an io_uring-backed {@link AioContext} ({@link AioContext#uring}), for raw SQEs such as the file
@@ -37,5 +40,14 @@ public final class AioUring {
      */
     public IoRegistration register(IoUringIoHandle handle) {
         return AioContext.join(loop.register(handle));
+    }
+
+    /**
+     * The native address of byte 0 of a direct buffer (for SQEs that point into it), without allocating. Through
+     * netty's PlatformDependent, which works on Java 17 (Unsafe) and 25 (without it).
+     */
+    public static long address(ByteBuffer directBuffer) {
+        if (!directBuffer.isDirect()) throw new IllegalArgumentException("not a direct buffer");
+        return PlatformDependent.directBufferAddress(directBuffer);
     }
 }
