@@ -67,6 +67,7 @@ final class TestExport implements AutoCloseable {
         private boolean writethrough;
         private Map<String, String> nullCo; // null: file image
         private long imageSize = IMAGE_SIZE;
+        private String aio; // null: the driver's default (threads)
 
         private Builder(Path dir) {
             this.dir = dir;
@@ -80,6 +81,8 @@ final class TestExport implements AutoCloseable {
         Builder serial(String s) { this.serial = s; return this; }
         Builder writethrough(boolean on) { this.writethrough = on; return this; }
         Builder imageSize(long n) { this.imageSize = n; return this; }
+        /** The file node's aio= option (threads, io_uring). */
+        Builder aio(String mode) { this.aio = mode; return this; }
 
         /** A null-co node instead of an image file: reads zeroes, completes after {@code latencyNs}. */
         Builder nullCo(long size, long latencyNs) {
@@ -112,6 +115,7 @@ final class TestExport implements AutoCloseable {
                 opts.put("driver", "file");
                 opts.put("filename", image.toString());
                 if (!b.writable) opts.put("read-only", "on");
+                if (b.aio != null) opts.put("aio", b.aio);
             }
             opts.put("node-name", "d");
             node = nodes.add(opts);
