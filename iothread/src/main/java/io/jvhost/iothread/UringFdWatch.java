@@ -114,6 +114,12 @@ final class UringFdWatch implements IoUringIoHandle, FdMonitor.FdWatch {
         registration.cancel();
     }
 
+    /**
+     * The loop shuts down with the watch still registered: remove the poll, or netty's final IO_DRAIN would wait
+     * for this never-ending multishot poll (its 200 ms timeout) on every iothread close.
+     */
     @Override
-    public void close() {}
+    public void close() {
+        cancel();
+    }
 }
