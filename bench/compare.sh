@@ -71,9 +71,8 @@ trap 'exit 130' INT TERM
 cat "$OUT/machine.txt"
 
 # ---- scenarios: block node, queues, bench load. Same node options for both daemons (QSD 7.2 wants bytes).
-# The file scenarios read a raw image that sits in the page cache. jvhost's file driver has one engine, a thread
-# pool doing pread (aio=threads); file-qd32 gives QSD the same engine, file-qd32-uring gives QSD its fastest one
-# (aio=io_uring) as a harder reference.
+# The file scenarios read a raw image that sits in the page cache, with the same engine on both sides:
+# file-qd32 a thread pool doing pread (aio=threads), file-qd32-uring each iothread's io_uring (aio=io_uring).
 scenario() {
     qsd_aio=""
     case "$1" in
@@ -99,9 +98,9 @@ start_daemon() {
     scenario "$sc"
     local -a cmd
     if [[ $impl == jvhost ]]; then
-        # One iothread per queue (issue 5: "2 queues on 2 iothreads"); the file driver's I/O runs in threads.
+        # One iothread per queue (issue 5: "2 queues on 2 iothreads"); the file driver uses QSD's engine.
         local n="$node" exp="type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=$sock,writable=on,num-queues=$queues"
-        [[ $sc == file-* ]] && n="$n,aio=threads"
+        [[ -n $qsd_aio ]] && n="$n,aio=$qsd_aio"
         cmd=("$root/bin/jvhost" --blockdev "$n")
         for ((i = 0; i < queues; i++)); do cmd+=(--object "iothread,id=iot$i"); exp="$exp,iothread.$i=iot$i"; done
         cmd+=(--export "$exp" --pidfile "$pidf")

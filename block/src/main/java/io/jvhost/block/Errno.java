@@ -27,4 +27,17 @@ final class Errno {
         if (m.contains("Bad file descriptor")) return -EBADF;
         return -EIO;
     }
+
+    /**
+     * The errno of a failed system call (positive, e.g. an io_uring CQE's -res), reduced to the values
+     * {@link #of(IOException)} reports for the same failure through FileChannel, so both engines look alike.
+     */
+    static int ofErrno(int errno) {
+        switch (errno) {
+            case EPERM: case EIO: case EBADF: case EFBIG: case ENOSPC: case EROFS: case EINVAL: case EDQUOT:
+                return -errno;
+            default:
+                return -EIO;
+        }
+    }
 }

@@ -1,7 +1,10 @@
 package io.jvhost.block;
 
 import com.sun.nio.file.ExtendedOpenOption;
+import io.jvhost.iothread.AioContext;
+import io.jvhost.iothread.AioUring;
 import io.jvhost.iothread.sys.Libc;
+import io.netty.channel.uring.IoUring;
 
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -13,9 +16,12 @@ import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.HashSet;
 import java.util.Set;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.locks.Lock;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
+import java.util.logging.Level;
+import java.util.logging.Logger;
 
 /**
  * QEMU's {@code file} protocol driver with aio=threads: blocking positional FileChannel calls on the shared
@@ -32,8 +38,16 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  *
  * <p>Plugging ({@link Plug}): a plugged thread's submissions to the worker pool are batched and handed over when
  * its section ends, or at once when drain disables plugging (phase 2).
+ *
+ * <p>aio=io_uring: reads, writes and flushes submitted on an io_uring-backed iothread go to that iothread's ring
+ * ({@link UringFile}, one per (node, iothread), created there on first use); everything else — requests from the
+ * main loop, job threads or plain threads, discard and write-zeroes, buffers in heap memory, and with
+ * cache.direct=on requests the kernel would refuse unaligned — takes the thread-pool path above. Ring requests
+ * need no plugging: netty submits a loop pass's SQEs together.
  */
 final class FileDriver implements BlockDriver, BlockRequest.Work {
+    private static final Logger LOG = Logger.getLogger(FileDriver.class.getName());
+    private static final UringFile[] NO_ENGINES = new UringFile[0];
     private static final int BOUNCE_SIZE = 128 * 1024;
     private static final ThreadLocal<ByteBuffer> BOUNCE = new ThreadLocal<>();
     /** Source of zeros for the write-zeroes fallback; only ever read, through duplicates. */
@@ -48,6 +62,16 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
     private final Lock shared;
     private final Lock exclusive;
 
+    // ---- aio=io_uring ----
+    private final boolean uring;
+    private final boolean readOnly;
+    /** The fd ring SQEs use: rawFd, or with cache.direct=on a third descriptor opened O_DIRECT. */
+    private final int ringFd;
+    /** One engine per iothread that submitted here; copy-on-write under engineLock, scanned lock-free. */
+    private volatile UringFile[] engines = NO_ENGINES;
+    private final Object engineLock = new Object();
+    private boolean enginesClosed; // guarded by engineLock
+
     // ---- plugging ----
     /** Threads whose plugged section batches here (diagnostics). */
     private final AtomicInteger plugged = new AtomicInteger();
@@ -55,8 +79,12 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
     private final Object batchLock = new Object();
     private BlockRequest batchHead, batchTail; // guarded by batchLock, linked through BlockRequest.next
 
-    private FileDriver(String filename, FileChannel fc, int rawFd, boolean direct, int align, long length) {
+    private FileDriver(String filename, FileChannel fc, int rawFd, boolean direct, int align, long length,
+                       boolean uring, boolean readOnly, int ringFd) {
         this.filename = filename;
+        this.uring = uring;
+        this.readOnly = readOnly;
+        this.ringFd = ringFd;
         this.fc = fc;
         this.rawFd = rawFd;
         this.direct = direct;
@@ -74,6 +102,16 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
      */
     static FileDriver open(String filename, boolean readOnly, boolean direct, ImageLock.Mode locking, boolean forceShare)
             throws BlockException {
+        return open(filename, readOnly, direct, locking, forceShare, false);
+    }
+
+    /** As above; {@code uring} selects aio=io_uring (an error where the kernel or JVM cannot do io_uring). */
+    static FileDriver open(String filename, boolean readOnly, boolean direct, ImageLock.Mode locking, boolean forceShare,
+                           boolean uring) throws BlockException {
+        if (uring && !IoUring.isAvailable()) {
+            Throwable why = IoUring.unavailabilityCause();
+            throw new BlockException("blockdev: Unable to use io_uring: " + (why == null ? "unavailable" : why.getMessage()), why);
+        }
         Path p;
         try {
             p = Path.of(filename);
@@ -96,7 +134,7 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
             throw new BlockException("blockdev: could not open '" + filename + "'"
                     + (direct ? " with cache.direct=on" : "") + ": " + e.getMessage(), e);
         }
-        int rawFd = -1;
+        int rawFd = -1, ringFd = -1;
         try {
             long length = fc.size();
             int align = 1;
@@ -129,13 +167,23 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
             if (lock) {
                 ImageLock.acquire(rawFd, filename, ImageLock.permFor(readOnly), ImageLock.sharedFor(forceShare));
             }
-            return new FileDriver(filename, fc, rawFd, direct, align, length);
+            ringFd = rawFd;
+            if (uring && direct) {
+                // The raw fd is buffered (fallocate, locks); ring I/O must bypass the page cache like the channel.
+                ringFd = Libc.open(p.toAbsolutePath().toString(),
+                        (readOnly ? Libc.O_RDONLY : Libc.O_RDWR) | Libc.O_CLOEXEC | Libc.O_DIRECT, 0);
+                if (ringFd < 0) {
+                    throw new BlockException("blockdev: could not open '" + filename + "' with O_DIRECT: errno " + Libc.errno());
+                }
+            }
+            return new FileDriver(filename, fc, rawFd, direct, align, length, uring, readOnly, ringFd);
         } catch (IOException | BlockException | RuntimeException e) {
             try {
                 fc.close();
             } catch (IOException ignored) {
                 // already failing
             }
+            if (ringFd >= 0 && ringFd != rawFd) Libc.close(ringFd);
             if (rawFd >= 0) Libc.close(rawFd);
             if (e instanceof BlockException) throw (BlockException) e;
             throw new BlockException("blockdev: could not open '" + filename + "': " + e.getMessage(), e);
@@ -194,6 +242,13 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
     }
 
     private void submit(BlockRequest r) {
+        if (uring) {
+            UringFile u = engineFor(r);
+            if (u != null) {
+                u.submit(r);
+                return;
+            }
+        }
         r.setWork(this);
         if (plugDisabled.get() == 0 && Plug.enlist(this)) {
             synchronized (batchLock) {
@@ -254,8 +309,103 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
         }
     }
 
+    // ------------------------------------------------------------------------------------------- io_uring
+
+    /** The calling iothread's ring engine if this request may use it, else null (thread-pool path). */
+    private UringFile engineFor(BlockRequest r) {
+        if (r.op == BlockRequest.WRITE && readOnly) return null; // never reaches the ring (the node refuses it anyway)
+        AioContext c = AioContext.current();
+        if (c == null) return null;
+        AioUring ring = c.uring();
+        if (ring == null || !UringFile.accepts(r)) return null;
+        if (direct && r.op != BlockRequest.FLUSH && !directOk(r.offset, r.iov)) return null; // needs the bounce path
+        UringFile[] es = engines;
+        for (UringFile e : es) {
+            if (e.context() == c) return e.isClosed() ? null : e;
+        }
+        synchronized (engineLock) {
+            if (enginesClosed) return null;
+            UringFile e;
+            try {
+                e = UringFile.create(this, ring, ringFd, direct);
+            } catch (RuntimeException ex) {
+                LOG.log(Level.WARNING, "file(" + filename + "): cannot register with " + c.name() + "'s io_uring", ex);
+                return null;
+            }
+            UringFile[] n = java.util.Arrays.copyOf(engines, engines.length + 1);
+            n[n.length - 1] = e;
+            engines = n;
+            return e;
+        }
+    }
+
+    /** An engine whose loop shut down. */
+    void forget(UringFile e) {
+        synchronized (engineLock) {
+            UringFile[] es = engines;
+            for (int i = 0; i < es.length; i++) {
+                if (es[i] == e) {
+                    UringFile[] n = new UringFile[es.length - 1];
+                    System.arraycopy(es, 0, n, 0, i);
+                    System.arraycopy(es, i + 1, n, i, es.length - i - 1);
+                    engines = n;
+                    return;
+                }
+            }
+        }
+    }
+
+    /** The descriptor ring SQEs use (tests). */
+    int ringFd() {
+        return ringFd;
+    }
+
+    /** Ring engines with this node (tests). */
+    int uringEngines() {
+        return engines.length;
+    }
+
+    /**
+     * Cancels every engine's registration on its own thread. Returns false if some still had requests in flight
+     * (the node's drain timed out): then the fds stay open rather than risk a reused number under those SQEs.
+     */
+    private boolean closeEngines() {
+        UringFile[] es;
+        synchronized (engineLock) {
+            enginesClosed = true;
+            es = engines;
+            engines = NO_ENGINES;
+        }
+        boolean idle = true;
+        for (UringFile e : es) {
+            try {
+                int busy = e.context().call(e::cancel, 10, TimeUnit.SECONDS);
+                if (busy > 0) {
+                    LOG.warning("file(" + filename + "): " + busy + " io_uring requests still in flight on "
+                            + e.context().name() + " at close; leaving the file descriptors open");
+                    idle = false;
+                }
+            } catch (java.util.concurrent.RejectedExecutionException ex) {
+                // the iothread is gone, and its ring with it
+            } catch (Exception ex) {
+                LOG.log(Level.WARNING, "file(" + filename + "): cannot cancel io_uring on " + e.context().name(), ex);
+                idle = false;
+            }
+        }
+        return idle;
+    }
+
     @Override
     public void close() {
+        if (uring && !closeEngines()) {
+            try {
+                fc.close();
+            } catch (IOException ignored) {
+                // nothing left to report to
+            }
+            return;
+        }
+        if (ringFd >= 0 && ringFd != rawFd) Libc.close(ringFd);
         try {
             fc.close();
         } catch (IOException ignored) {
@@ -523,6 +673,6 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
 
     @Override
     public String toString() {
-        return "file(" + filename + (direct ? ", O_DIRECT align " + align : "") + ")";
+        return "file(" + filename + (direct ? ", O_DIRECT align " + align : "") + (uring ? ", aio=io_uring" : "") + ")";
     }
 }

@@ -103,9 +103,13 @@ class QmpCommandsTest {
                 "{\"driver\": \"null-co\", \"node-name\": \"x\", \"size\": 512, \"cache\": {\"no-flush\": true}}");
         qmp.fails(GE, "Parameter 'aio' does not accept value 'posix'", "blockdev-add",
                 "{\"driver\": \"file\", \"node-name\": \"x\", \"filename\": \"" + img + "\", \"aio\": \"posix\"}");
-        qmp.fails(GE, "aio 'native' is not supported yet (use aio=threads)", "blockdev-add",
+        qmp.fails(GE, "aio 'native' is not supported (use aio=threads or aio=io_uring)", "blockdev-add",
                 "{\"driver\": \"file\", \"node-name\": \"x\", \"filename\": \"" + img + "\", \"aio\": \"native\"}");
         qmp.fails(GE, "option 'size' is required for driver 'null-co'", "blockdev-add", "{\"driver\": \"null-co\", \"node-name\": \"x\"}");
+        // aio=io_uring opens (read-only, locking=off: it coexists with f0's image locks) and goes away again.
+        assertEquals(json("{}"), qmp.ok("blockdev-add", "{\"driver\": \"file\", \"node-name\": \"u\", \"filename\": \"" + img
+                + "\", \"read-only\": true, \"locking\": \"off\", \"aio\": \"io_uring\"}"));
+        assertEquals(json("{}"), qmp.ok("blockdev-del", "{\"node-name\": \"u\"}"));
         JsonNode r = qmp.execute("blockdev-add", "{\"driver\": \"file\", \"node-name\": \"x\", \"filename\": \"" + dir.resolve("missing.img") + "\"}");
         assertTrue(r.get("error").get("desc").asText().contains("missing.img"), r.toString());
         // Nothing of the failed attempts remains.

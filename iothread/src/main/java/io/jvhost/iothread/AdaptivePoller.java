@@ -119,11 +119,18 @@ final class AdaptivePoller {
         return pollNs;
     }
 
-    IoHandlerFactory wrap(IoHandlerFactory delegate) {
+    /**
+     * Wraps the loop's IoHandler factory. {@code reapWhilePolling}: the delegate's non-blocking run is cheap when
+     * idle (io_uring: submit queued SQEs, read the completion ring in shared memory; no syscall when there is
+     * nothing), so each polling round also runs it: ring completions (file I/O) and SQEs submitted by the poll
+     * handlers are not held back until polling ends. With epoll it would be an epoll_wait syscall per round, and
+     * epoll's completions arrive as tasks (which end polling) anyway.
+     */
+    IoHandlerFactory wrap(IoHandlerFactory delegate, boolean reapWhilePolling) {
         return new IoHandlerFactory() {
             @Override
             public IoHandler newHandler(io.netty.util.concurrent.ThreadAwareExecutor executor) {
-                return new Handler(delegate.newHandler(executor));
+                return new Handler(delegate.newHandler(executor), reapWhilePolling);
             }
 
             @Override
@@ -200,8 +207,11 @@ final class AdaptivePoller {
             }
         };
 
-        Handler(IoHandler delegate) {
+        private final boolean reap;
+
+        Handler(IoHandler delegate, boolean reap) {
             this.delegate = delegate;
+            this.reap = reap;
         }
 
         @Override
@@ -234,14 +244,17 @@ final class AdaptivePoller {
                 }
                 long budget = Math.min(pollNs, Math.max(0, c.delayNanos(start)));
                 boolean progress;
+                int io = 0;
                 long now;
                 do {
                     progress = pollOnce(hs);
+                    if (reap && (io = delegate.run(nonBlocking)) > 0) progress = true;
                     now = System.nanoTime();
                 } while (!progress && !woken && now - start < budget);
                 if (progress) {
                     hits++;
-                    return delegate.run(nonBlocking) + 1; // stay in polling mode: more is likely to come
+                    // Stay in polling mode: more is likely to come. Submit what the handlers queued.
+                    return delegate.run(nonBlocking) + io + 1;
                 }
                 if (woken) return delegate.run(nonBlocking);
             }

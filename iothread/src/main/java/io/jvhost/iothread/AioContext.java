@@ -1,14 +1,7 @@
 package io.jvhost.iothread;
 
-import io.netty.channel.IoEvent;
 import io.netty.channel.IoEventLoop;
-import io.netty.channel.IoRegistration;
 import io.netty.channel.MultiThreadIoEventLoopGroup;
-import io.netty.channel.epoll.EpollIoEvent;
-import io.netty.channel.epoll.EpollIoHandle;
-import io.netty.channel.epoll.EpollIoHandler;
-import io.netty.channel.epoll.EpollIoOps;
-import io.netty.channel.unix.FileDescriptor;
 import io.netty.util.concurrent.DefaultPromise;
 import io.netty.util.concurrent.DefaultThreadFactory;
 import io.netty.util.concurrent.ScheduledFuture;
@@ -31,8 +24,10 @@ import java.util.logging.Logger;
 
 /**
  * An event loop in the sense of QEMU's AioContext: fd handlers, bottom halves and timers, all run by exactly one
- * thread. Built on a single-threaded netty epoll loop so our own {@link EpollIoHandle}s (kick eventfds, the
- * vhost-user socket) share the loop with the bottom halves and timers.
+ * thread. Built on a single-threaded netty loop so our own fd watches (kick eventfds, the vhost-user socket)
+ * share the loop with the bottom halves and timers. The main loop runs on epoll; iothreads run on io_uring when
+ * the kernel has it (QEMU's fdmon-io_uring; {@code -Djvhost.fdmon=epoll} forces epoll), and then also offer
+ * their ring for raw I/O ({@link #uring}). See {@link FdMonitor}.
  *
  * <p>There are two kinds: the main loop (one per process; vhost-user sockets and management) and iothreads
  * (virtqueue handlers and block completions). The rule of the seed: the main loop never runs an iothread's
@@ -54,10 +49,12 @@ public final class AioContext implements Executor, AutoCloseable {
 
     private final String name;
     private final boolean ioThread;
+    private final FdMonitor fdmon;
     private final MultiThreadIoEventLoopGroup group;
     /** Adaptive polling of {@link PollHandler}s (iothreads only; null on the main loop). */
     private final AdaptivePoller poller;
     private final IoEventLoop loop;
+    private final AioUring uring;
     private volatile Thread thread;
 
     // ---- bottom halves: many producers, one consumer (this context's thread) ----
@@ -91,10 +88,13 @@ public final class AioContext implements Executor, AutoCloseable {
         this.name = name;
         this.ioThread = ioThread;
         this.poller = ioThread ? new AdaptivePoller(name, AdaptivePoller.DEFAULT_POLL_MAX_NS) : null;
-        io.netty.channel.IoHandlerFactory factory = EpollIoHandler.newFactory();
-        if (poller != null) factory = poller.wrap(factory);
+        this.fdmon = FdMonitor.forContext(ioThread);
+        io.netty.channel.IoHandlerFactory factory = fdmon.ioHandlerFactory();
+        // io_uring: reaping completions is a read of shared memory, so the poller also reaps while it polls.
+        if (poller != null) factory = poller.wrap(factory, fdmon != FdMonitor.EPOLL);
         this.group = new MultiThreadIoEventLoopGroup(1, new DefaultThreadFactory(name, false), factory);
         this.loop = group.next();
+        this.uring = fdmon == FdMonitor.EPOLL ? null : new AioUring(this, loop);
         // Pin the thread now so current()/inContextThread() are valid before the first task.
         join(submit(() -> {
             CURRENT.set(this);
@@ -149,6 +149,16 @@ public final class AioContext implements Executor, AutoCloseable {
 
     public Thread thread() {
         return thread;
+    }
+
+    /** The fd monitoring backend: "epoll" or "io_uring". */
+    public String fdMonitor() {
+        return fdmon.name();
+    }
+
+    /** This context's io_uring for raw SQEs, or null when the context runs on epoll. */
+    public AioUring uring() {
+        return uring;
     }
 
     // ------------------------------------------------------------------------------------------ bottom halves
@@ -550,11 +560,7 @@ public final class AioContext implements Executor, AutoCloseable {
      * The fd stays owned by the caller; remove the handler (and wait for it) before closing the fd.
      */
     public FdHandler setFdHandler(int fd, Runnable onReadable) {
-        FdHandler h = new FdHandler(fd, onReadable);
-        IoRegistration reg = join(loop.register(h));
-        reg.submit(EpollIoOps.EPOLLIN);
-        h.registration = reg;
-        return h;
+        return new FdHandler(fdmon.watch(this, loop, fd, onReadable));
     }
 
     /** Stops the loop and waits for its thread to end. */
@@ -568,7 +574,7 @@ public final class AioContext implements Executor, AutoCloseable {
         return "AioContext(" + name + ")";
     }
 
-    private static <T> T join(java.util.concurrent.Future<T> f) {
+    static <T> T join(java.util.concurrent.Future<T> f) {
         try {
             return f.get(30, TimeUnit.SECONDS);
         } catch (ExecutionException e) {
@@ -579,54 +585,26 @@ public final class AioContext implements Executor, AutoCloseable {
     }
 
     /** A registered fd handler. */
-    public final class FdHandler implements EpollIoHandle {
-        private final FileDescriptor fd;
-        private final Runnable onReadable;
-        private volatile IoRegistration registration;
+    public final class FdHandler {
+        private volatile FdMonitor.FdWatch watch;
 
-        FdHandler(int fd, Runnable onReadable) {
-            // A borrowed fd: netty must never close it (its FileDescriptor.close would).
-            this.fd = new FileDescriptor(fd) {
-                @Override
-                public void close() {}
-            };
-            this.onReadable = onReadable;
+        FdHandler(FdMonitor.FdWatch watch) {
+            this.watch = watch;
         }
-
-        @Override
-        public FileDescriptor fd() {
-            return fd;
-        }
-
-        @Override
-        public void handle(IoRegistration r, IoEvent e) {
-            EpollIoEvent ev = (EpollIoEvent) e;
-            if (ev.ops().contains(EpollIoOps.EPOLLIN) || ev.ops().contains(EpollIoOps.EPOLLERR)
-                    || ev.ops().contains(EpollIoOps.EPOLLRDHUP)) {
-                try {
-                    onReadable.run();
-                } catch (Throwable t) {
-                    LOG.log(Level.SEVERE, name + ": fd handler for fd " + fd.intValue() + " failed", t);
-                }
-            }
-        }
-
-        @Override
-        public void close() {}
 
         /**
          * Removes the handler. From another thread it waits until the loop has dropped the fd, so the caller
          * may close the fd afterwards without the loop ever seeing a reused number.
          */
         public void remove() {
-            IoRegistration reg = registration;
-            if (reg == null) return;
-            registration = null;
+            FdMonitor.FdWatch w = watch;
+            if (w == null) return;
+            watch = null;
             if (inContextThread()) {
-                reg.cancel();
+                w.cancel();
             } else {
                 join(submit(() -> {
-                    reg.cancel();
+                    w.cancel();
                     return null;
                 }));
             }

@@ -286,12 +286,12 @@ final class BlkQueue {
     }
 
     private void process() {
-        if (!running || broken || quiesce.active()) return;
+        if (!running || broken || quiesced()) return;
         try {
             while (true) {
                 ring.disableNotification();
                 while (running) {
-                    if (quiesce.active()) break; // drain phase 3: take nothing new; drainedEnd wakes us
+                    if (quiesced()) break; // drain phase 3: take nothing new; drainedEnd wakes us
                     if (freeTop == 0 && poolCount == pool.length) {
                         // Every slot is in flight (a full queue is legal): continue when one completes. Kicks stay
                         // off meanwhile; SplitRing itself refuses a driver that makes more than size available.
@@ -307,7 +307,7 @@ final class BlkQueue {
                     r.handleSafely();
                 }
                 // While the loop polls this ring, kicks stay off (it reads avail->idx itself).
-                if (starved || quiesce.active() || !running || pollMode || !ring.enableNotification()) break;
+                if (starved || quiesced() || !running || pollMode || !ring.enableNotification()) break;
             }
         } catch (RingException e) {
             markBroken(e.getMessage());
@@ -333,8 +333,17 @@ final class BlkQueue {
         return true;
     }
 
+    /**
+     * Drain phase 3 for this queue: the export's callback (Quiesce), or the backend's own drained state, which
+     * is set a moment earlier. Looking at both means at most one request per queue (popped just before) is
+     * parked by the backend, however long the draining thread is preempted between the two.
+     */
+    private boolean quiesced() {
+        return quiesce.active() || blk.isQuiesced();
+    }
+
     private boolean usable() {
-        return running && !broken && ring != null && !quiesce.active();
+        return running && !broken && ring != null && !quiesced();
     }
 
     /** Kicks and polling stop reaching this queue (iothread). */

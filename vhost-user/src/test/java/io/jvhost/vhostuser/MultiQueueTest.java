@@ -80,7 +80,7 @@ class MultiQueueTest extends ExportTestBase {
     }
 
     /** One driver thread: rounds of a batch of writes (one kick), then a batch of reads checking them. */
-    private static int drive(DriverQueue q, int qi) throws Exception {
+    static int drive(DriverQueue q, int qi) throws Exception {
         int n = 0;
         for (int round = 0; round < ROUNDS; round++) {
             List<BlkRequest> ws = new ArrayList<>();

@@ -67,6 +67,7 @@ final class TestExport implements AutoCloseable {
         private boolean writethrough;
         private Map<String, String> nullCo; // null: file image
         private long imageSize = IMAGE_SIZE;
+        private String aio; // null: the driver's default (threads)
 
         private Long pollMaxNs;
 
@@ -84,6 +85,8 @@ final class TestExport implements AutoCloseable {
         Builder imageSize(long n) { this.imageSize = n; return this; }
         /** poll-max-ns of the iothreads (default: AioContext's, QEMU's 32768); 0 turns adaptive polling off. */
         Builder pollMaxNs(long ns) { this.pollMaxNs = ns; return this; }
+        /** The file node's aio= option (threads, io_uring). */
+        Builder aio(String mode) { this.aio = mode; return this; }
 
         /** A null-co node instead of an image file: reads zeroes, completes after {@code latencyNs}. */
         Builder nullCo(long size, long latencyNs) {
@@ -116,6 +119,7 @@ final class TestExport implements AutoCloseable {
                 opts.put("driver", "file");
                 opts.put("filename", image.toString());
                 if (!b.writable) opts.put("read-only", "on");
+                if (b.aio != null) opts.put("aio", b.aio);
             }
             opts.put("node-name", "d");
             node = nodes.add(opts);

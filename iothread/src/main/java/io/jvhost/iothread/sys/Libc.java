@@ -37,6 +37,7 @@ public final class Libc {
     public static native int fdatasync(int fd);
     public static native int fsync(int fd);
     public static native int dup(int fd);
+    public static native int dup2(int oldfd, int newfd);
     public static native int getpid();
     public static native int fcntl(int fd, int cmd, int arg);
 
