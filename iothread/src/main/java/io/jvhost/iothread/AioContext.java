@@ -17,7 +17,6 @@ import java.util.Objects;
 import java.util.PriorityQueue;
 import java.util.concurrent.Callable;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.Delayed;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executor;
@@ -59,7 +58,7 @@ public final class AioContext implements Executor, AutoCloseable {
     private volatile Thread thread;
 
     // ---- bottom halves: many producers, one consumer (this context's thread) ----
-    private final ConcurrentLinkedQueue<Runnable> bhs = new ConcurrentLinkedQueue<>();
+    private final BhQueue bhs = new BhQueue(4096); // allocation-free per bottom half
     /** A netty task that drains {@link #bhs} is queued and has not started yet. */
     private final AtomicBoolean bhTaskPending = new AtomicBoolean();
     private final Runnable bhTask = this::runBhTask;
