@@ -17,7 +17,7 @@
 #   OUT        [bench/results/<date>]  where the JSON, logs and summary go
 #   IMAGE      [$OUT/image.raw]  the raw image of file-qd32 (created, filled, read into the page cache)
 #   QSD        [qemu-storage-daemon]
-#   JVHOST_JAVA_OPTS      JVM options of the daemon (bin/jvhost); default: none, the daemon as shipped
+#   JVHOST_JAVA_OPTS      extra JVM options of the daemon, after bin/jvhost's defaults (default: none, as shipped)
 #   JVHOST_BENCH_JAVA_OPTS JVM options of the bench
 #   BENCH_ARGS  extra bench options for every run (e.g. "--wait poll")
 #   JVHOST_REV  what to record as the jvhost version (default: git rev-parse of the tree)
