@@ -17,10 +17,11 @@
 #   OUT        [bench/results/<date>]  where the JSON, logs and summary go
 #   IMAGE      [$OUT/image.raw]  the raw image of file-qd32 (created, filled, read into the page cache)
 #   QSD        [qemu-storage-daemon]
-#   JVHOST_JAVA_OPTS      JVM options of the daemon (bin/jvhost); default: none, the daemon as shipped
+#   JVHOST_JAVA_OPTS      extra JVM options of the daemon, after bin/jvhost's defaults (default: none, as shipped)
 #   JVHOST_BENCH_JAVA_OPTS JVM options of the bench
 #   BENCH_ARGS  extra bench options for every run (e.g. "--wait poll")
 #   JVHOST_REV  what to record as the jvhost version (default: git rev-parse of the tree)
+#   HALTPOLL_NS  set the VM's guest_halt_poll_ns for the run, restored afterwards (root; see bench/lib.sh)
 set -euo pipefail
 
 here="$(cd -P -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")" && pwd)"
@@ -43,16 +44,9 @@ ls "$root"/daemon/target/jvhost-daemon-*.jar >/dev/null 2>&1 || die "build first
 mkdir -p "$OUT"
 run_dir="$(mktemp -d /tmp/jvhost-compare.XXXXXX)"   # sockets: short path (108-byte sun_path limit)
 
-daemon_pid=""
-cleanup() {
-    if [[ -n "$daemon_pid" ]] && kill -0 "$daemon_pid" 2>/dev/null; then
-        kill -TERM "$daemon_pid" 2>/dev/null || true
-        wait "$daemon_pid" 2>/dev/null || true
-    fi
-    rm -rf "$run_dir"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=lib.sh
+source "$here/lib.sh"   # cleanup on exit, HALTPOLL_NS
+haltpoll_apply
 
 # ---- the machine, for the record
 {
@@ -62,6 +56,7 @@ trap 'exit 130' INT TERM
     echo "virtualization: $(systemd-detect-virt 2>/dev/null || echo unknown)  kvm: $([[ -e /dev/kvm ]] && echo yes || echo no)"
     echo "memory: $(free -m | awk '/^Mem:/ {print $2 " MiB total, " $7 " MiB available"}')"
     echo "load before: $(cat /proc/loadavg)"
+    echo "$haltpoll_line"
     echo "java: $( (if [[ -n "${JAVA_HOME:-}" ]]; then "$JAVA_HOME/bin/java" -version; else java -version; fi) 2>&1 | head -1)"
     echo "qsd: $("$QSD" --version | head -1)"
     echo "jvhost: ${JVHOST_REV:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD 2>/dev/null || echo ' (modified tree)')}"

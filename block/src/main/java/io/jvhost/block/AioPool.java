@@ -1,13 +1,14 @@
 package io.jvhost.block;
 
-import java.util.concurrent.LinkedBlockingQueue;
+import java.util.ArrayDeque;
 import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.ThreadFactory;
-import java.util.concurrent.ThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.logging.Level;
+import java.util.logging.Logger;
 
 /**
  * The block layer's shared worker pool (QEMU's thread-pool.c): a bounded set of daemon threads doing blocking
@@ -16,6 +17,9 @@ import java.util.concurrent.atomic.AtomicInteger;
  * on the next acquire. Threads are started lazily and time out when idle.
  */
 final class AioPool {
+    /** A worker idle this long ends (threads are started again on demand). */
+    private static final long IDLE_NS = TimeUnit.SECONDS.toNanos(10);
+    private static final Logger LOG = Logger.getLogger(AioPool.class.getName());
     /** QEMU's thread pool defaults to 64 workers; on small hosts fewer suffice as the syscalls are the cost. */
     static final int MAX_WORKERS = 32;
 
@@ -24,9 +28,12 @@ final class AioPool {
     private static AioPool shared;
     private static int refs;
 
-    private volatile ThreadPoolExecutor workers;
+    /** Queued work; its monitor guards it, {@link #threads}, {@link #idle} and (for the workers) {@link #shutdown}. */
+    private final ArrayDeque<Runnable> work = new ArrayDeque<>(256);
+    private int threads;
+    private int idle;
     private volatile ScheduledThreadPoolExecutor timer;
-    private boolean shutdown;
+    private volatile boolean shutdown;
 
     private AioPool() {}
 
@@ -48,11 +55,26 @@ final class AioPool {
         }
     }
 
-    /** Runs blocking work on a worker thread. Throws RejectedExecutionException after shutdown. */
+    /**
+     * Runs blocking work on a worker thread. Throws RejectedExecutionException after shutdown. Allocates nothing
+     * once the pool has grown (a ThreadPoolExecutor's LinkedBlockingQueue allocates a node per task, and its
+     * idle workers a condition node per wait): the queue is an ArrayDeque that keeps its capacity, idle workers
+     * wait on a plain monitor.
+     */
     void execute(Runnable r) {
-        ThreadPoolExecutor w = workers;
-        if (w == null) w = startWorkers();
-        w.execute(r);
+        boolean start = false;
+        synchronized (work) {
+            if (shutdown) throw new RejectedExecutionException("block worker pool is shut down");
+            work.addLast(r);
+            if (idle > 0) work.notify();
+            // More queued work than idle workers to take it: grow (up to MAX_WORKERS), as a ThreadPoolExecutor
+            // with core = max would.
+            if (work.size() > idle && threads < MAX_WORKERS) {
+                threads++;
+                start = true;
+            }
+        }
+        if (start) startWorker();
     }
 
     /** Runs r after the delay on the timer thread (for requests submitted outside an AioContext). */
@@ -62,17 +84,47 @@ final class AioPool {
         return t.schedule(r, delayNs, TimeUnit.NANOSECONDS);
     }
 
-    private synchronized ThreadPoolExecutor startWorkers() {
-        if (shutdown) throw new RejectedExecutionException("block worker pool is shut down");
-        if (workers == null) {
-            // Fixed core = max with core time-out: threads appear on demand up to MAX_WORKERS, then requests
-            // queue (unbounded, like QEMU's request list) instead of being rejected.
-            ThreadPoolExecutor w = new ThreadPoolExecutor(MAX_WORKERS, MAX_WORKERS, 10, TimeUnit.SECONDS,
-                    new LinkedBlockingQueue<>(), daemon("jvhost-aio-"));
-            w.allowCoreThreadTimeOut(true);
-            workers = w;
+    private void startWorker() {
+        Thread t = new Thread(this::workerLoop, "jvhost-aio-" + THREAD_SEQ.incrementAndGet());
+        t.setDaemon(true);
+        try {
+            t.start();
+        } catch (Throwable e) {
+            synchronized (work) {
+                threads--;
+            }
+            throw e;
         }
-        return workers;
+    }
+
+    /** A worker: runs queued work; ends after IDLE_NS without any, or at shutdown once the queue is empty. */
+    private void workerLoop() {
+        while (true) {
+            Runnable r;
+            synchronized (work) {
+                long idleSince = System.nanoTime();
+                while ((r = work.pollFirst()) == null) {
+                    long left = IDLE_NS - (System.nanoTime() - idleSince);
+                    if (shutdown || left <= 0) {
+                        threads--;
+                        return;
+                    }
+                    idle++;
+                    try {
+                        work.wait(Math.max(1, left / 1_000_000));
+                    } catch (InterruptedException e) {
+                        // Nobody interrupts these threads on purpose (that would close FileChannels); keep serving.
+                    } finally {
+                        idle--;
+                    }
+                }
+            }
+            try {
+                r.run();
+            } catch (Throwable t) {
+                LOG.log(Level.SEVERE, "block worker task failed", t);
+            }
+        }
     }
 
     private synchronized ScheduledThreadPoolExecutor startTimer() {
@@ -90,8 +142,10 @@ final class AioPool {
      * FileChannel call closes the channel for every user of the node.
      */
     private synchronized void shutdown() {
-        shutdown = true;
-        if (workers != null) workers.shutdown();
+        synchronized (work) {
+            shutdown = true;
+            work.notifyAll();
+        }
         if (timer != null) timer.shutdown();
     }
 

@@ -64,6 +64,8 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
 
     // ---- aio=io_uring ----
     private final boolean uring;
+    /** Logged once: an iothread without a ring submitted to this aio=io_uring node. */
+    private volatile boolean warnedEpoll;
     private final boolean readOnly;
     /** The fd ring SQEs use: rawFd, or with cache.direct=on a third descriptor opened O_DIRECT. */
     private final int ringFd;
@@ -317,7 +319,15 @@ final class FileDriver implements BlockDriver, BlockRequest.Work {
         AioContext c = AioContext.current();
         if (c == null) return null;
         AioUring ring = c.uring();
-        if (ring == null || !UringFile.accepts(r)) return null;
+        if (ring == null) {
+            if (c.isIoThread() && !warnedEpoll) {
+                warnedEpoll = true; // racy by design: at worst a second line
+                LOG.warning("file(" + filename + "): aio=io_uring, but iothread " + c.name() + " runs on epoll (it was"
+                        + " created before any aio=io_uring node, or -Djvhost.fdmon=epoll): its requests use the thread pool");
+            }
+            return null;
+        }
+        if (!UringFile.accepts(r)) return null;
         if (direct && r.op != BlockRequest.FLUSH && !directOk(r.offset, r.iov)) return null; // needs the bounce path
         UringFile[] es = engines;
         for (UringFile e : es) {

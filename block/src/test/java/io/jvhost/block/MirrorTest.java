@@ -333,7 +333,11 @@ class MirrorTest {
         s.drainedBegin(T, TimeUnit.SECONDS);
         assertFalse(job.isBusy());
         assertEquals(0, s.inFlight());
+        // The copy's target write has completed (its callback ran: the job is not busy); the target's counter
+        // drops just after that callback, on the job's thread, so look at it through a drain of its own.
+        g.drainedBegin(T, TimeUnit.SECONDS);
         assertEquals(0, g.inFlight());
+        g.drainedEnd();
         job.cancel();
         s.drainedEnd();
         assertEquals(JobStatus.NULL, getOrDump(job.finished(), T, "cancel"));

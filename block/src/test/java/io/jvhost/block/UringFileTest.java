@@ -37,7 +37,7 @@ class UringFileTest {
     void setUp() {
         assumeTrue(IoUring.isAvailable(), "no io_uring here");
         nodes = new BlockNodes();
-        io = AioContext.newIoThread("t-uring");
+        io = AioContext.newIoThread("t-uring", true);
         assumeTrue(io.uring() != null, "iothreads forced to epoll");
     }
 
@@ -235,7 +235,7 @@ class UringFileTest {
         int size = 2 << 20;
         Path p = patternFile(dir, "two.img", size);
         BlockBackend blk = open(p, true);
-        try (AioContext io2 = AioContext.newIoThread("t-uring2")) {
+        try (AioContext io2 = AioContext.newIoThread("t-uring2", true)) {
             AioContext[] ctxs = {io, io2};
             List<CompletableFuture<Integer>> fs = new ArrayList<>();
             byte[][] data = new byte[2][size / 2];

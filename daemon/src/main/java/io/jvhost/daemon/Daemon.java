@@ -77,6 +77,8 @@ public final class Daemon implements AutoCloseable {
     private BlockNodes nodes;
     private BlockJobs jobs;
     private final Map<String, Map<String, String>> nodeOptions = new LinkedHashMap<>();
+    /** An aio=io_uring node exists: iothreads created from now on run on io_uring (main loop only). */
+    private boolean ioUringIothreads;
     private final Map<String, Iothread> iothreads = new LinkedHashMap<>();     // --object iothread / object-add
     private final Map<String, ExportEntry> exports = new LinkedHashMap<>();
 
@@ -156,9 +158,10 @@ public final class Daemon implements AutoCloseable {
             jobs = new BlockJobs(mainLoop, mgmt, this::emit);
             return null;
         });
-        for (IothreadSpec t : cfg.iothreads()) onMainDo(() -> addIothread(t));
+        // Nodes before iothreads: an aio=io_uring node makes the iothreads io_uring-backed (see addBlockdev).
         for (Map<String, String> tg : cfg.throttleGroups()) onMainDo(() -> addThrottleGroup(tg));
         for (Map<String, String> opts : cfg.blockdevs()) onMainDo(() -> addBlockdev(opts));
+        for (IothreadSpec t : cfg.iothreads()) onMainDo(() -> addIothread(t));
         for (ExportSpec spec : cfg.exports()) onMainDo(() -> addExport(spec));
 
         if (!cfg.monitors().isEmpty()) {
@@ -228,7 +231,7 @@ public final class Daemon implements AutoCloseable {
     void addIothread(IothreadSpec spec) throws UsageException {
         assertMain("addIothread");
         if (objectExists(spec.id())) throw new UsageException("--object", "id '" + spec.id() + "' is already in use");
-        AioContext ctx = AioContext.newIoThread(spec.id());
+        AioContext ctx = AioContext.newIoThread(spec.id(), ioUringIothreads);
         ctx.setPollParams(spec.pollMaxNs(), spec.pollGrow(), spec.pollShrink());
         long tid;
         try {
@@ -269,6 +272,11 @@ public final class Daemon implements AutoCloseable {
             throw new UsageException("--blockdev", String.valueOf(e.getMessage()));
         }
         nodeOptions.put(opts.get("node-name"), Collections.unmodifiableMap(new LinkedHashMap<>(opts)));
+        // Iothreads made from now on run on io_uring so the node can use their rings (earlier ones stay on epoll
+        // and serve it through the thread pool; the command line opens nodes before it makes iothreads).
+        for (Map.Entry<String, String> e : opts.entrySet()) {
+            if ((e.getKey().equals("aio") || e.getKey().endsWith(".aio")) && "io_uring".equals(e.getValue())) ioUringIothreads = true;
+        }
     }
 
     /** Iothreads and throttle groups share QOM's /objects namespace. */
@@ -308,7 +316,7 @@ public final class Daemon implements AutoCloseable {
             for (int q = 0; q < spec.numQueues(); q++) {
                 String id = spec.iothreadOf(q);
                 if (id == null) {
-                    AioContext ctx = AioContext.newIoThread(spec.ownIothreadName(q));
+                    AioContext ctx = AioContext.newIoThread(spec.ownIothreadName(q), ioUringIothreads);
                     own.add(ctx);
                     queueThreads.add(ctx);
                 } else {

@@ -115,7 +115,8 @@ public final class Options {
                 "quit stop all exports and exit with status 0; a second signal exits at once with status 1.",
                 "Bad options print one line on stderr and exit with status 1.",
                 "",
-                "Environment: JVHOST_JAVA_OPTS adds JVM options (bin/jvhost);",
+                "Environment: JVHOST_JAVA_OPTS adds JVM options (bin/jvhost; JVHOST_DEFAULT_JAVA_OPTS replaces",
+                "its small-footprint defaults);",
                 "-Djvhost.log.level=FINE|INFO|WARNING sets the log level (default: INFO, on stderr).",
                 "");
     }

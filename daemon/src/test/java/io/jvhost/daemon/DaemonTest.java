@@ -108,6 +108,35 @@ class DaemonTest {
     }
 
     @Test
+    void iothreadsRunOnIoUringOnceAnAioIoUringNodeExists(@TempDir Path dir) throws Exception {
+        Path img = dir.resolve("u.img");
+        try (var f = new java.io.RandomAccessFile(img.toFile(), "rw")) {
+            f.setLength(1 << 20);
+        }
+        boolean forced = System.getProperty("jvhost.fdmon") != null;
+        String uring = io.netty.channel.uring.IoUring.isAvailable() ? "io_uring" : "epoll";
+        // The iothread comes first on the command line: nodes are opened first anyway.
+        DaemonConfig cfg = Options.parse(new String[] {"--object", "iothread,id=du-io0",
+                "--blockdev", "driver=file,node-name=n0,filename=" + img + ",aio=io_uring",
+                "--export", "vhost-user-blk,id=due,node-name=n0,addr.type=unix,addr.path=" + dir.resolve("u.sock")});
+        try (Daemon d = Daemon.start(cfg)) {
+            for (Daemon.Iothread t : d.iothreadList()) {
+                if (!forced) assertEquals(uring, t.ctx().fdMonitor(), t.spec().id());
+            }
+        }
+        DaemonConfig plain = Options.parse(new String[] {"--object", "iothread,id=du-io1",
+                "--blockdev", "null-co,node-name=n1,size=1M",
+                "--export", "vhost-user-blk,id=due1,node-name=n1,addr.type=unix,addr.path=" + dir.resolve("u1.sock")});
+        try (Daemon d = Daemon.start(plain)) {
+            for (Daemon.Iothread t : d.iothreadList()) {
+                if (!forced) assertEquals("epoll", t.ctx().fdMonitor(), t.spec().id());
+            }
+            assertEquals(1, d.iothreadList().size());
+            assertEquals(1, threadsNamed("due1-vq0").size());
+        }
+    }
+
+    @Test
     void staleSocketIsReplaced(@TempDir Path dir) throws Exception {
         Path s = dir.resolve("e.sock");
         DaemonConfig cfg = Options.parse(new String[] {"--blockdev", "null-co,node-name=n0,size=1M",

@@ -41,6 +41,7 @@ class LauncherTest {
     private static Run run(Map<String, String> env, String... cmd) throws Exception {
         ProcessBuilder pb = new ProcessBuilder(cmd);
         pb.environment().remove("JVHOST_JAVA_OPTS");
+        pb.environment().remove("JVHOST_DEFAULT_JAVA_OPTS");
         pb.environment().put("JAVA_HOME", System.getProperty("java.home"));
         pb.environment().putAll(env);
         Process p = pb.start();
@@ -116,5 +117,14 @@ class LauncherTest {
         // The JVM refuses a 1k heap before running anything (it says so on stdout).
         assertTrue(r.status() != 0 && (r.out() + r.err()).contains("heap"), "JVHOST_JAVA_OPTS was not passed to java: " + r);
         assertTrue(!r.out().contains("jvhost "), r.out());
+
+        // The launcher's default JVM options (small footprint) reach the JVM; JVHOST_DEFAULT_JAVA_OPTS replaces them.
+        r = run(Map.of("JVHOST_JAVA_OPTS", "-XX:+PrintCommandLineFlags"), link.toString(), "--version");
+        assertEquals(0, r.status(), r.err());
+        assertTrue(r.out().contains("-XX:+UseSerialGC") && r.out().contains("-XX:MaxDirectMemorySize=1073741824"), r.out());
+        r = run(Map.of("JVHOST_DEFAULT_JAVA_OPTS", "", "JVHOST_JAVA_OPTS", "-XX:+PrintCommandLineFlags"), link.toString(),
+                "--version");
+        assertEquals(0, r.status(), r.err());
+        assertTrue(!r.out().contains("MaxDirectMemorySize") && r.out().contains("jvhost "), r.out());
     }
 }

@@ -120,11 +120,11 @@ final class AdaptivePoller {
     }
 
     /**
-     * Wraps the loop's IoHandler factory. {@code reapWhilePolling}: the delegate's non-blocking run is cheap when
-     * idle (io_uring: submit queued SQEs, read the completion ring in shared memory; no syscall when there is
-     * nothing), so each polling round also runs it: ring completions (file I/O) and SQEs submitted by the poll
-     * handlers are not held back until polling ends. With epoll it would be an epoll_wait syscall per round, and
-     * epoll's completions arrive as tasks (which end polling) anyway.
+     * Wraps the loop's IoHandler factory. {@code reapWhilePolling} (io_uring): each polling round also looks at
+     * the completion ring (a read of shared memory, {@link UringCompletionPeek}) and reaps it when it has entries,
+     * so ring completions (file I/O, a kick that raced with suppression) are not held back until polling ends.
+     * With epoll that would be an epoll_wait syscall per round, and epoll-side completions arrive as tasks (which
+     * end polling) anyway.
      */
     IoHandlerFactory wrap(IoHandlerFactory delegate, boolean reapWhilePolling) {
         return new IoHandlerFactory() {
@@ -207,11 +207,12 @@ final class AdaptivePoller {
             }
         };
 
-        private final boolean reap;
+        /** io_uring only: completions are waiting in the ring. */
+        private final UringCompletionPeek cq;
 
         Handler(IoHandler delegate, boolean reap) {
             this.delegate = delegate;
-            this.reap = reap;
+            this.cq = reap ? UringCompletionPeek.of(delegate) : null;
         }
 
         @Override
@@ -248,7 +249,10 @@ final class AdaptivePoller {
                 long now;
                 do {
                     progress = pollOnce(hs);
-                    if (reap && (io = delegate.run(nonBlocking)) > 0) progress = true;
+                    if (cq != null && cq.ready()) {
+                        io += delegate.run(nonBlocking);
+                        progress = true;
+                    }
                     now = System.nanoTime();
                 } while (!progress && !woken && now - start < budget);
                 if (progress) {

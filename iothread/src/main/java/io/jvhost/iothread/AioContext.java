@@ -10,7 +10,6 @@ import java.util.Objects;
 import java.util.PriorityQueue;
 import java.util.concurrent.Callable;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.Delayed;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executor;
@@ -25,9 +24,9 @@ import java.util.logging.Logger;
 /**
  * An event loop in the sense of QEMU's AioContext: fd handlers, bottom halves and timers, all run by exactly one
  * thread. Built on a single-threaded netty loop so our own fd watches (kick eventfds, the vhost-user socket)
- * share the loop with the bottom halves and timers. The main loop runs on epoll; iothreads run on io_uring when
- * the kernel has it (QEMU's fdmon-io_uring; {@code -Djvhost.fdmon=epoll} forces epoll), and then also offer
- * their ring for raw I/O ({@link #uring}). See {@link FdMonitor}.
+ * share the loop with the bottom halves and timers. The main loop runs on epoll; iothreads run on epoll, or on
+ * io_uring when created for it (QEMU's fdmon-io_uring) and then also offer their ring for raw I/O
+ * ({@link #uring}). See {@link FdMonitor}.
  *
  * <p>There are two kinds: the main loop (one per process; vhost-user sockets and management) and iothreads
  * (virtqueue handlers and block completions). The rule of the seed: the main loop never runs an iothread's
@@ -58,7 +57,7 @@ public final class AioContext implements Executor, AutoCloseable {
     private volatile Thread thread;
 
     // ---- bottom halves: many producers, one consumer (this context's thread) ----
-    private final ConcurrentLinkedQueue<Runnable> bhs = new ConcurrentLinkedQueue<>();
+    private final BhQueue bhs = new BhQueue(4096); // allocation-free per bottom half
     /** A netty task that drains {@link #bhs} is queued and has not started yet. */
     private final AtomicBoolean bhTaskPending = new AtomicBoolean();
     private final Runnable bhTask = this::runBhTask;
@@ -84,11 +83,11 @@ public final class AioContext implements Executor, AutoCloseable {
     /** {@link #wakeup} was called since the last poll returned. */
     private volatile boolean notified;
 
-    private AioContext(String name, boolean ioThread) {
+    private AioContext(String name, boolean ioThread, boolean preferIoUring) {
         this.name = name;
         this.ioThread = ioThread;
         this.poller = ioThread ? new AdaptivePoller(name, AdaptivePoller.DEFAULT_POLL_MAX_NS) : null;
-        this.fdmon = FdMonitor.forContext(ioThread);
+        this.fdmon = FdMonitor.forContext(ioThread, preferIoUring);
         io.netty.channel.IoHandlerFactory factory = fdmon.ioHandlerFactory();
         // io_uring: reaping completions is a read of shared memory, so the poller also reaps while it polls.
         if (poller != null) factory = poller.wrap(factory, fdmon != FdMonitor.EPOLL);
@@ -103,14 +102,22 @@ public final class AioContext implements Executor, AutoCloseable {
         }));
     }
 
-    /** Creates an iothread: an event loop that serves virtqueues and block completions. */
+    /** Creates an iothread: an event loop that serves virtqueues and block completions (on epoll by default). */
     public static AioContext newIoThread(String name) {
-        return new AioContext(name, true);
+        return new AioContext(name, true, false);
+    }
+
+    /**
+     * Creates an iothread; {@code preferIoUring}: on io_uring where the kernel has it, so that aio=io_uring nodes
+     * can use its ring ({@link #uring}); -Djvhost.fdmon overrides (see {@link FdMonitor}).
+     */
+    public static AioContext newIoThread(String name, boolean preferIoUring) {
+        return new AioContext(name, true, preferIoUring);
     }
 
     /** Creates the main loop: vhost-user sockets and management; never runs virtqueue handlers. */
     public static AioContext newMainLoop(String name) {
-        return new AioContext(name, false);
+        return new AioContext(name, false, false);
     }
 
     /** The context whose thread is calling, or null for threads that are not event loops. */

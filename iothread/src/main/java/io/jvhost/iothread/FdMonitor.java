@@ -10,9 +10,11 @@ import java.util.Locale;
 
 /**
  * How an {@link AioContext} watches fds (QEMU's fdmon): the netty IoHandler its loop runs on, and the fd watches
- * it registers there. Iothreads use io_uring where the kernel has it (like QEMU's fdmon-io_uring), so that the
- * file driver's aio=io_uring can share the ring; the main loop stays on epoll. {@code -Djvhost.fdmon=epoll}
- * forces epoll everywhere (troubleshooting, comparisons).
+ * it registers there. The main loop is always epoll. An iothread runs on io_uring when its creator asks for it
+ * (the daemon does once an aio=io_uring node exists, so that the file driver can share the ring, like QEMU's
+ * fdmon-io_uring) and the kernel has it, else on epoll: netty's io_uring loop allocates a small object per loop
+ * pass, its epoll loop nothing, and for kicks alone the two measured the same. {@code -Djvhost.fdmon=} epoll
+ * (never io_uring), io_uring (always; fails if unavailable) or auto (io_uring where available) overrides.
  */
 abstract class FdMonitor {
     /** System property: {@code epoll} forces the epoll backend for iothreads too. */
@@ -20,12 +22,13 @@ abstract class FdMonitor {
 
     static final FdMonitor EPOLL = new EpollFdMonitor();
 
-    /** The backend for a new context: io_uring for iothreads when available and not disabled, else epoll. */
-    static FdMonitor forContext(boolean ioThread) {
+    /** The backend for a new context: see the class comment. */
+    static FdMonitor forContext(boolean ioThread, boolean preferIoUring) {
         if (!ioThread) return EPOLL;
         String forced = System.getProperty(PROPERTY, "").trim().toLowerCase(Locale.ROOT);
         switch (forced) {
             case "":
+                return preferIoUring && IoUring.isAvailable() ? UringFdMonitor.INSTANCE : EPOLL;
             case "auto":
                 return IoUring.isAvailable() ? UringFdMonitor.INSTANCE : EPOLL;
             case "epoll":

@@ -14,8 +14,8 @@ import java.util.concurrent.atomic.AtomicInteger;
 import static org.junit.jupiter.api.Assertions.*;
 
 /**
- * Fd handlers on whichever backend iothreads get in this run (io_uring by default; the whole module also runs
- * with -Djvhost.fdmon=epoll, see the pom), plus io_uring-specific checks.
+ * Fd handlers on whichever backend iothreads get in this run (the module runs once with -Djvhost.fdmon=auto,
+ * i.e. io_uring where available, and once with epoll, see the pom), plus io_uring-specific checks.
  */
 class FdMonitorTest {
     private static boolean forcedEpoll() {
@@ -34,6 +34,19 @@ class FdMonitorTest {
                 assertEquals("io_uring", io.fdMonitor());
                 assertSame(io, io.uring().context());
             }
+        }
+    }
+
+    @Test
+    void withoutThePropertyIothreadsAreEpollUnlessAskedForIoUring() {
+        String saved = System.getProperty(FdMonitor.PROPERTY);
+        System.clearProperty(FdMonitor.PROPERTY);
+        try (AioContext plain = AioContext.newIoThread("t-plain"); AioContext asked = AioContext.newIoThread("t-asked", true)) {
+            assertEquals("epoll", plain.fdMonitor());
+            assertNull(plain.uring());
+            assertEquals(IoUring.isAvailable() ? "io_uring" : "epoll", asked.fdMonitor());
+        } finally {
+            if (saved != null) System.setProperty(FdMonitor.PROPERTY, saved);
         }
     }
 

@@ -20,7 +20,6 @@ import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.atomic.AtomicLong;
-import java.util.function.Consumer;
 import java.util.logging.Logger;
 
 /**
@@ -264,8 +263,8 @@ final class BlkQueue {
         if (p != null) p.entered(this, Thread.currentThread());
         if (!ctx.inContextThread()) {
             WRONG_THREAD_RUNS.incrementAndGet();
+            ctx.assertInContextThread(name + " virtqueue handler"); // the message is built only when it fails
         }
-        ctx.assertInContextThread(name + " virtqueue handler");
     }
 
     /** Test hook: runs the kick handler in the CALLING thread, as a misrouted event would; must be refused. */
@@ -476,7 +475,7 @@ final class BlkQueue {
     private final class Req implements BlockCompletion {
         final DescChain chain = new DescChain(MAX_CHAIN);
         final IoVec iov = new IoVec(MAX_CHAIN + 64);
-        final Consumer<ByteBuffer> addSeg = iov::add;
+        final IoVecViews addSeg = new IoVecViews(iov); // guest-memory views without a slice per segment
         final byte[] hdr = new byte[16];
         final ByteBuffer hdrBuf = ByteBuffer.wrap(hdr).order(ByteOrder.LITTLE_ENDIAN);
         long statusGpa;

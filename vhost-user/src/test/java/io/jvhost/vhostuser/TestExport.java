@@ -130,7 +130,7 @@ final class TestExport implements AutoCloseable {
                 if (b.sharedIothread && i > 0) {
                     perQueue.add(threads.get(0));
                 } else {
-                    AioContext t = AioContext.newIoThread("t-io" + i);
+                    AioContext t = AioContext.newIoThread("t-io" + i, "io_uring".equals(b.aio));
                     if (b.pollMaxNs != null) t.setPollParams(b.pollMaxNs, 0, 0);
                     threads.add(t);
                     perQueue.add(t);

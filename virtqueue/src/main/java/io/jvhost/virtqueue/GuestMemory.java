@@ -272,6 +272,25 @@ public final class GuestMemory {
      * @return number of segments added
      */
     public int slices(long gpa, long len, Consumer<ByteBuffer> out) throws InvalidGuestAddressException {
+        return slices(gpa, len, (w, index, length) -> out.accept(w.slice(index, length)));
+    }
+
+    /** Receives a part of guest memory as a range of a shared window buffer (see {@link #slices(long, long, WindowSink)}). */
+    public interface WindowSink {
+        /**
+         * {@code [index, index+length)} of {@code window}. The window is shared by every thread: read its position
+         * and limit as meaningless, never change them, and do not keep it past the request.
+         */
+        void accept(ByteBuffer window, int index, int length);
+    }
+
+    /**
+     * Like {@link #slices(long, long, Consumer)}, but hands out ranges of the shared window buffers instead of new
+     * slices, so the hot path can reuse its own views of them (nothing allocated per segment).
+     *
+     * @return number of segments passed to {@code out}
+     */
+    public int slices(long gpa, long len, WindowSink out) throws InvalidGuestAddressException {
         if (!isMapped(gpa, len)) throw InvalidGuestAddressException.of("unmapped guest range", gpa, len);
         int n = 0;
         long cur = gpa, rem = len;
@@ -281,7 +300,7 @@ public final class GuestMemory {
             ByteBuffer w = r.windows[(int) (o >>> WINDOW_SHIFT)];
             int idx = (int) (o & WINDOW_MASK);
             int take = (int) Math.min(rem, w.capacity() - idx);
-            out.accept(w.slice(idx, take));
+            out.accept(w, idx, take);
             n++;
             cur += take;
             rem -= take;
